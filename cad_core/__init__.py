@@ -1,0 +1,23 @@
+"""cad_core: Component Attribution for Diffusion models, in plain torch (no ComfyUI imports).
+
+    attribute()          score weights for a concept (alpha = w * dJ/dw)
+    select_components()  pick components to erase (most positive) or amplify (most negative)
+    union(), protect()   combine masks; keep components another concept needs
+    save_*/load_*        safetensors files with JSON metadata and a model fingerprint
+    verify_ablation(), faithfulness()   compare predicted with measured effects
+"""
+from .attribution import Attribution, GradientAccumulator, ParameterGradientCapture, attribute
+from .blocks import block_of
+from .errors import CADError, CADFileError
+from .fingerprint import model_fingerprint
+from .mask import Mask, protect, scale_selected, union
+from .noise import FlowMatching, VarianceExploding
+from .objectives import OBJECTIVES
+from .scopes import SCOPE_PRESETS, resolve_scope
+from .selection import GRANULARITIES, select_components
+from .serialization import load_attribution, load_mask, read_kind, save_attribution, save_mask
+from .trajectory import SCHEDULES, TrajectoryPlan
+from .verify import faithfulness, predicted_change, random_mask, verify_ablation
+from .version import FORMAT_VERSION, PACK_VERSION
+
+__version__ = PACK_VERSION

@@ -1,0 +1,161 @@
+"""Attribution scores alpha = w * dJ/dw, accumulated in fp32, and the one-verb `attribute()` API."""
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+from .blocks import block_of, block_sort_key
+from .errors import CADError
+from .objectives import OBJECTIVES
+from .trajectory import CallCounts, TrajectoryPlan, visit_concept_gap, visit_concept_likelihood
+from .version import PACK_VERSION
+
+
+@dataclass
+class Attribution:
+    """Per-weight scores for one concept, shaped like the weights they score (fp32, CPU).
+
+    alpha > 0: zeroing the weight is predicted to weaken the concept (a positive component);
+    alpha < 0: zeroing it is predicted to strengthen the concept (a negative component).
+    """
+
+    scores: dict[str, torch.Tensor]
+    fingerprint: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def total_weights(self) -> int:
+        return sum(s.numel() for s in self.scores.values())
+
+    def check_usable(self) -> None:
+        if not self.scores:
+            raise CADError("This attribution scores no weights; re-run CAD Attribute with a non-empty scope.")
+        for key, s in self.scores.items():
+            if not torch.isfinite(s).all():
+                bad = int((~torch.isfinite(s)).sum())
+                raise CADError(
+                    f"The attribution has {bad} non-finite (NaN/inf) scores in '{key}'. This usually means the "
+                    f"model produced NaN/inf during attribution (fp16 overflow, broken weights). Re-run CAD "
+                    f"Attribute, e.g. with fewer steps or an fp32/bf16 model; a file like this cannot be used.")
+
+    def summary(self) -> dict:
+        """Positive/negative mass and counts, overall and per block, for UIs and logs."""
+        blocks = defaultdict(lambda: {"positive_mass": 0.0, "negative_mass": 0.0, "positive": 0,
+                                      "negative": 0, "weights": 0})
+        for key, s in self.scores.items():
+            b = blocks[block_of(key)]
+            b["positive_mass"] += float(s.clamp(min=0).sum())
+            b["negative_mass"] += float(s.clamp(max=0).sum())
+            b["positive"] += int((s > 0).sum())
+            b["negative"] += int((s < 0).sum())
+            b["weights"] += s.numel()
+        rows = [{"block": name, **v} for name, v in sorted(blocks.items(), key=lambda kv: block_sort_key(kv[0]))]
+        return {
+            "objective": self.meta.get("objective"), "scope": self.meta.get("scope"),
+            "matrices": len(self.scores), "weights": self.total_weights,
+            "positive_mass": sum(r["positive_mass"] for r in rows),
+            "negative_mass": sum(r["negative_mass"] for r in rows),
+            "positive": sum(r["positive"] for r in rows), "negative": sum(r["negative"] for r in rows),
+            "blocks": rows, "unet_calls": self.meta.get("unet_calls"), "seconds": self.meta.get("seconds"),
+        }
+
+    def summary_text(self) -> str:
+        s = self.summary()
+        lines = [f"CAD attribution ({s['objective']}, scope {s['scope']}): {s['weights']:,} weights in "
+                 f"{s['matrices']} matrices; {s['positive']:,} positive (mass {s['positive_mass']:.4g}), "
+                 f"{s['negative']:,} negative (mass {s['negative_mass']:.4g})."]
+        for r in s["blocks"]:
+            lines.append(f"  {r['block']:<18} +{r['positive_mass']:.4g} / {r['negative_mass']:.4g}  "
+                         f"({r['weights']:,} weights)")
+        return "\n".join(lines)
+
+
+class GradientAccumulator:
+    """fp32 sums of dJ/dw for the scoped weights only, whatever dtype the model computes in."""
+
+    def __init__(self, shapes: Mapping[str, tuple], device: torch.device | str = "cpu"):
+        self.sums = {k: torch.zeros(tuple(shape), dtype=torch.float32, device=device) for k, shape in shapes.items()}
+
+    def add(self, key: str, grad: torch.Tensor) -> None:
+        target = self.sums[key]
+        target.add_(grad.detach().to(device=target.device, dtype=torch.float32))
+
+    def alpha(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """alpha = w * sum_t dJ_t/dw; J is a sum over visits, so one multiply at the end suffices."""
+        return {k: weights[k].detach().float().cpu() * g.cpu() for k, g in self.sums.items()}
+
+
+class ParameterGradientCapture:
+    """Routes gradients of a plain torch module's scoped parameters into an accumulator.
+
+    Only the scoped parameters require grad while it is active; the others get no gradient buffer,
+    and the scoped ones give theirs up right after accumulation. Use as a context manager.
+    """
+
+    def __init__(self, module: torch.nn.Module, keys, accumulator: GradientAccumulator):
+        self.params = dict(module.named_parameters())
+        missing = [k for k in keys if k not in self.params]
+        if missing:
+            raise CADError(f"These scoped weights are not parameters of the module: {missing[:5]}")
+        self.keys, self.acc = list(keys), accumulator
+        self._saved, self._handles = {}, []
+
+    def __enter__(self):
+        self._saved = {k: p.requires_grad for k, p in self.params.items()}
+        for k, p in self.params.items():
+            p.requires_grad_(k in self.keys)
+        for k in self.keys:
+            self._handles.append(self.params[k].register_post_accumulate_grad_hook(self._sink(k)))
+        return self
+
+    def _sink(self, key):
+        def hook(p):
+            self.acc.add(key, p.grad)
+            p.grad = None
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        for k, p in self.params.items():
+            p.requires_grad_(self._saved[k])
+        return False
+
+
+def attribute(objective: str, concept: Callable, base: Callable, plan: TrajectoryPlan,
+              weights: Mapping[str, torch.Tensor], accumulator: GradientAccumulator, *,
+              samples: int = 1, images: torch.Tensor | None = None, fingerprint: str = "",
+              meta: dict | None = None) -> Attribution:
+    """Score every weight in `weights` for a concept: alpha = w * dJ/dw summed over visited timesteps.
+
+    `concept` and `base` map (x_t, sigma) to x0 predictions for the concept and base conditioning.
+    The caller wires gradients of the scoped weights into `accumulator` (ParameterGradientCapture for
+    plain modules, weight probes in ComfyUI). With objective "concept_likelihood", `images` are clean
+    concept latents (batch = samples); without them the model's own guided samples are used.
+    """
+    if objective not in OBJECTIVES:
+        raise CADError(f"Unknown objective '{objective}'. Expected one of: {', '.join(OBJECTIVES)}.")
+    if samples < 1:
+        raise CADError(f"samples must be at least 1, got {samples}.")
+    counts, started = CallCounts(), time.perf_counter()
+    for sample in range(samples):
+        if objective == "concept_gap":
+            visit_concept_gap(concept, base, plan, counts, sample)
+        else:
+            image = None if images is None else images[sample % images.shape[0]].unsqueeze(0)
+            visit_concept_likelihood(concept, base, plan, counts, image, sample)
+    if not math.isfinite(counts.objective_total):
+        raise CADError(
+            f"The objective became {counts.objective_total} during attribution: the model produced NaN/inf "
+            f"predictions. Check the model (a broken or fp16-overflowing checkpoint?) and try again.")
+    scores = accumulator.alpha(weights)
+    info = {"objective": objective, "steps": plan.steps, "guidance": plan.guidance, "schedule": plan.schedule,
+            "samples": samples, "parameterization": plan.parameterization.name,
+            "unet_calls": counts.as_dict(), "seconds": round(time.perf_counter() - started, 3),
+            "pack_version": PACK_VERSION, **(meta or {})}
+    result = Attribution(scores, fingerprint, info)
+    result.check_usable()
+    return result

@@ -1,0 +1,30 @@
+"""A short identity for a model's weights: key names, shapes and a sample of values.
+
+Attribution and mask files carry it so that an edit made for one checkpoint is never applied to
+another. Values are rounded through fp16 so fp32/fp16/bf16 copies of one checkpoint mostly agree.
+"""
+import hashlib
+from typing import Callable, Sequence
+
+import torch
+
+SAMPLED_KEYS = 8
+SAMPLED_VALUES = 256
+
+
+def sampled_keys(keys: Sequence[str]) -> list[str]:
+    """The keys whose values go into the fingerprint: evenly spaced over the sorted key list."""
+    ordered = sorted(keys)
+    step = max(1, len(ordered) // SAMPLED_KEYS)
+    return ordered[::step][:SAMPLED_KEYS]
+
+
+def model_fingerprint(named_shapes: Sequence[tuple[str, tuple]], read_weight: Callable[[str], torch.Tensor]) -> str:
+    """sha256 over sorted (name, shape) pairs and the first values of a few weights; 16 hex digits."""
+    h = hashlib.sha256()
+    for name, shape in sorted(named_shapes):
+        h.update(f"{name}:{tuple(shape)};".encode())
+    for name in sampled_keys([n for n, _ in named_shapes]):
+        values = read_weight(name).detach().reshape(-1)[:SAMPLED_VALUES]
+        h.update(values.to("cpu", torch.float32).to(torch.float16).numpy().tobytes())
+    return h.hexdigest()[:16]

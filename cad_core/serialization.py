@@ -1,0 +1,137 @@
+"""Attribution and mask files: safetensors (no pickle, nothing executed) with JSON metadata.
+
+Layout: one tensor per weight key (fp32 scores, or int32 flat indices for masks) and string
+metadata `cad.kind`, `cad.format_version`, `cad.fingerprint`, `cad.pack_version`, `cad.meta` (JSON),
+and for masks `cad.shapes` (JSON {key: shape}).
+"""
+import json
+import math
+import os
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .attribution import Attribution
+from .errors import CADError, CADFileError
+from .mask import Mask
+from .version import FORMAT_VERSION, PACK_VERSION
+
+KINDS = ("attribution", "mask")
+
+
+def save_attribution(attribution: Attribution, path: str) -> str:
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in attribution.scores.items()}
+    return _write(path, tensors, _metadata("attribution", attribution.fingerprint, attribution.meta))
+
+
+def save_mask(mask: Mask, path: str) -> str:
+    tensors = {k: v.to("cpu", torch.int32).contiguous() for k, v in mask.indices.items()}
+    meta = _metadata("mask", mask.fingerprint, mask.meta)
+    meta["cad.shapes"] = json.dumps({k: list(s) for k, s in mask.shapes.items()})
+    return _write(path, tensors, meta)
+
+
+def load_attribution(path: str, expected_fingerprint: str | None = None) -> Attribution:
+    tensors, meta = _read(path, "attribution", expected_fingerprint)
+    for k, t in tensors.items():
+        if not t.is_floating_point():
+            raise CADFileError(f"{_name(path)}: attribution entry '{k}' holds {t.dtype} values, expected floats.")
+    attribution = Attribution({k: t.float() for k, t in tensors.items()}, meta["fingerprint"], meta["meta"])
+    try:
+        attribution.check_usable()
+    except CADError as e:
+        raise CADFileError(f"{_name(path)}: {e}") from None
+    return attribution
+
+
+def load_mask(path: str, expected_fingerprint: str | None = None) -> Mask:
+    tensors, meta = _read(path, "mask", expected_fingerprint)
+    try:
+        shapes = {k: tuple(int(d) for d in s) for k, s in json.loads(meta["raw"]["cad.shapes"]).items()}
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise CADFileError(f"{_name(path)}: the mask's 'cad.shapes' metadata is missing or malformed.") from None
+    mask = Mask({k: t.long() for k, t in tensors.items()}, shapes, meta["fingerprint"], meta["meta"])
+    try:
+        mask.check_valid()
+    except CADError as e:
+        raise CADFileError(f"{_name(path)}: {e}") from None
+    return mask
+
+
+def read_kind(path: str) -> str:
+    """'attribution' or 'mask', from the header alone (cheap; used to route a loaded file)."""
+    return _header(path)["cad.kind"]
+
+
+def _metadata(kind: str, fingerprint: str, meta: dict) -> dict:
+    return {"cad.kind": kind, "cad.format_version": str(FORMAT_VERSION), "cad.fingerprint": fingerprint,
+            "cad.pack_version": PACK_VERSION, "cad.meta": json.dumps(meta, default=_jsonable)}
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return str(value)
+
+
+def _write(path: str, tensors: dict, metadata: dict) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def _header(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise CADFileError(f"CAD file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CADFileError(f"{_name(path)} is not a readable safetensors file (truncated or another format?): {e}") from None
+    if "cad.kind" not in raw:
+        raise CADFileError(f"{_name(path)} is a safetensors file but not a CAD attribution or mask (no 'cad.kind' "
+                           f"metadata). Did you pick a checkpoint or LoRA? Save CAD files with the CAD Save nodes.")
+    if raw["cad.kind"] not in KINDS:
+        raise CADFileError(f"{_name(path)} has unknown CAD kind '{raw['cad.kind']}' (expected attribution or mask).")
+    try:
+        version = int(raw.get("cad.format_version", ""))
+    except ValueError:
+        raise CADFileError(f"{_name(path)} has a missing or malformed 'cad.format_version'.") from None
+    if version > FORMAT_VERSION:
+        raise CADFileError(f"{_name(path)} uses CAD file format {version}, newer than this pack understands "
+                           f"({FORMAT_VERSION}). Update the CAD node pack to load it.")
+    if version < 1:
+        raise CADFileError(f"{_name(path)} has an invalid CAD file format version {version}.")
+    return raw
+
+
+def _read(path: str, kind: str, expected_fingerprint: str | None):
+    raw = _header(path)
+    if raw["cad.kind"] != kind:
+        raise CADFileError(f"{_name(path)} is a CAD {raw['cad.kind']} file, but a CAD {kind} was expected here. "
+                           f"Use the Load CAD {raw['cad.kind'].capitalize()} node for it.")
+    fingerprint = raw.get("cad.fingerprint", "")
+    if expected_fingerprint is not None and fingerprint != expected_fingerprint:
+        raise CADFileError(f"{_name(path)} was made for another model (file fingerprint {fingerprint}, this model "
+                           f"{expected_fingerprint}). Attribute this model again, or load the checkpoint it was made for.")
+    try:
+        meta = json.loads(raw.get("cad.meta", "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError
+    except ValueError:
+        raise CADFileError(f"{_name(path)} has malformed 'cad.meta' metadata (expected a JSON object).") from None
+    try:
+        with safe_open(path, framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CADFileError(f"{_name(path)} could not be read completely (truncated or corrupt?): {e}") from None
+    if not tensors:
+        raise CADFileError(f"{_name(path)} holds no tensors; it is not a usable CAD {kind}.")
+    return tensors, {"fingerprint": fingerprint, "meta": meta, "raw": raw}
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path)

@@ -1,0 +1,3 @@
+PACK_VERSION = "0.1.0"
+# Bump when the on-disk layout of attribution/mask files changes incompatibly.
+FORMAT_VERSION = 1

@@ -1,0 +1,1 @@
+"""ComfyUI adapters for cad_core. Node modules validate, call cad_core (via comfy_bridge), return."""

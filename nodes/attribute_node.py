@@ -1,0 +1,67 @@
+"""CAD Attribute: score every weight in a scope for a concept."""
+import comfy.utils
+from comfy_api.latest import io
+
+from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
+from .cad_types import CadAttribution
+from .comfy_bridge import attribute_model
+
+
+class CADAttribute(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CADAttribute",
+            display_name="CAD Attribute",
+            category="CAD",
+            description=(
+                "Scores each weight in the chosen scope for a concept: alpha = w * dJ/dw summed over the "
+                "sampling timesteps (CAD, arXiv 2412.02542). Positive scores carry the concept, negative ones "
+                "suppress it. Feed the result to CAD Erase Mask or CAD Amplify Mask."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to attribute. It is not modified."),
+                io.Conditioning.Input("positive", tooltip="The concept, e.g. CLIPTextEncode('a photo of a cat')."),
+                io.Conditioning.Input("base", tooltip="What the concept is measured against, usually the empty "
+                                      "prompt. It also serves as the negative prompt for guidance."),
+                io.Latent.Input("latent", tooltip="Sets the latent size (e.g. Empty Latent Image). Its batch size is "
+                                "ignored; use 'samples' for more trajectories."),
+                io.Combo.Input("objective", options=list(OBJECTIVES), default="concept_gap",
+                               tooltip="concept_gap: how far the concept moves the prediction away from base (for "
+                               "erasing). concept_likelihood: how well the model denoises images of the concept "
+                               "(for amplifying)."),
+                io.Int.Input("steps", default=20, min=1, max=1000,
+                             tooltip="Sampling timesteps visited; each costs one forward+backward pass."),
+                io.Float.Input("guidance", default=3.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the sampled trajectories (reference: 3.0)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Noise seed of the trajectories."),
+                io.Int.Input("samples", default=1, min=1, max=256,
+                             tooltip="Trajectories (or concept images) averaged over. More = steadier scores."),
+                io.Combo.Input("scope", options=list(SCOPE_PRESETS), default="ff",
+                               tooltip="Which weights to score. ff: transformer feed-forward matrices (the paper's "
+                               "choice); attention: q/k/v/out projections; all_linear: every 2-D weight; regex: "
+                               "the pattern in scope_regex."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="single",
+                               tooltip="single: one trajectory visited once, O(steps). reference: the reference "
+                               "code's restart-per-step sampling, O(steps^2), for comparisons."),
+                io.String.Input("scope_regex", default="", optional=True,
+                                tooltip="With scope 'regex': a Python regex over weight names such as "
+                                "'diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight'."),
+                io.Latent.Input("concept_latent", optional=True,
+                                tooltip="concept_likelihood only: latents of images showing the concept (VAE "
+                                "Encode). Without them the model's own samples for the concept are used."),
+            ],
+            outputs=[CadAttribution.Output(display_name="attribution",
+                                           tooltip="Per-weight scores; connect to CAD Erase/Amplify Mask or Save.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, base, latent, objective, steps, guidance, seed, samples, scope, schedule,
+                scope_regex="", concept_latent=None) -> io.NodeOutput:
+        progress = comfy.utils.ProgressBar(steps)
+        attribution = attribute_model(
+            model, positive, base, latent, objective=objective, steps=steps, guidance=guidance, seed=seed,
+            samples=samples, scope=scope, scope_regex=scope_regex or "", schedule=schedule,
+            concept_latent=concept_latent,
+            on_progress=lambda done, total: progress.update_absolute(done, total))
+        return io.NodeOutput(attribution, ui={"cad_summary": [attribution.summary()],
+                                              "text": [attribution.summary_text()]})

@@ -1,0 +1,256 @@
+"""Everything that touches ComfyUI internals: gradient probes under inference mode, the custom
+sampler that runs CAD's trajectory through CFGGuider, and the weight adapter that applies masks.
+
+ComfyUI runs every node under torch.inference_mode() and loaders create weights as inference
+tensors, which autograd refuses to save. Attribution therefore runs on a clone of the MODEL inside
+inference_mode(False), with weight wrappers: probes on the scoped weights (identity in value,
+capture dJ/dW) and copy-forcing identity wrappers on every other weight so downstream layers get
+ordinary tensors they may save for backward. Nodes stay thin; they call the functions at the end.
+"""
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.ops
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+from comfy.weight_adapter import WeightAdapterBase
+
+from ..cad_core import (CADError, GradientAccumulator, Mask, TrajectoryPlan, attribute, model_fingerprint,
+                        resolve_scope, scale_selected)
+from ..cad_core.noise import FlowMatching, VarianceExploding
+
+PREFIX = "diffusion_model."
+SCHEDULER = "normal"
+
+
+# --- model inspection ---------------------------------------------------------------------------
+
+def patchable_weights(model) -> list[tuple[str, tuple]]:
+    """(key, shape) of every weight and bias ComfyUI can wrap or patch at op time, in model order."""
+    out = []
+    for name, module in model.model.diffusion_model.named_modules():
+        if isinstance(module, comfy.ops.CastWeightBiasOp):
+            for attr in ("weight", "bias"):
+                p = getattr(module, attr, None)
+                if p is not None:
+                    out.append((f"{PREFIX}{name}.{attr}", tuple(p.shape)))
+    return out
+
+
+def original_weight(model, key: str) -> torch.Tensor:
+    """The checkpoint's weight, even while the module currently holds a patched copy."""
+    backup = model.backup.get(key)
+    return backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
+
+
+def fingerprint_of(model) -> str:
+    named = [(f"{PREFIX}{n}", tuple(p.shape)) for n, p in model.model.diffusion_model.named_parameters()]
+    if not named:
+        raise CADError("This MODEL has no diffusion-model weights to fingerprint.")
+    return model_fingerprint(named, lambda key: original_weight(model, key))
+
+
+def check_fingerprint(model, fingerprint: str, what: str) -> None:
+    actual = fingerprint_of(model)
+    if fingerprint != actual:
+        raise CADError(f"This {what} was made for another model (its fingerprint {fingerprint}, this MODEL "
+                       f"{actual}). Connect the checkpoint it was made for, or attribute this model again.")
+
+
+def parameterization_of(model):
+    ms = model.get_model_object("model_sampling")
+    return FlowMatching() if isinstance(ms, comfy.model_sampling.CONST) else VarianceExploding()
+
+
+# --- gradient probes ------------------------------------------------------------------------------
+
+class _CADWeightFunction:
+    """Marker base for wrappers this pack installs, so they can always be removed again."""
+
+
+class GradProbe(_CADWeightFunction):
+    """Weight wrapper: returns W unchanged but puts it in the graph and captures dJ/dW.
+
+    Adding a zero anchor (instead of making W a leaf) keeps autograd from allocating a W-sized .grad.
+    The first W seen is kept (fp32, CPU): alpha multiplies the weight the model actually computes with,
+    LoRA patches included.
+    """
+
+    def __init__(self, key, accumulator, device):
+        self.key, self.acc, self.value = key, accumulator, None
+        self.anchor = torch.zeros((), device=device, requires_grad=True)
+
+    def __call__(self, w):
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return w
+        if self.value is None:
+            self.value = w.detach().to("cpu", torch.float32, copy=True)
+        w = w + self.anchor.to(dtype=w.dtype, device=w.device)
+        w.register_hook(lambda g: self.acc.add(self.key, g))
+        return w
+
+    def move_to(self, device=None):
+        if device is not None:
+            self.anchor = self.anchor.detach().to(device).requires_grad_(True)
+        return 0
+
+
+class CopyForBackward(_CADWeightFunction):
+    """Identity wrapper whose only job is to make ComfyUI hand the layer a copy, never an inference tensor."""
+
+    def __call__(self, w):
+        return w.clone() if w.is_inference() else w
+
+
+def _install_probes(grad_model, keys, accumulator):
+    probes, scoped, copier = {}, set(keys), CopyForBackward()
+    for key, _ in patchable_weights(grad_model):
+        if key in scoped:
+            probes[key] = GradProbe(key, accumulator, grad_model.load_device)
+            grad_model.add_weight_wrapper(key, probes[key])
+        else:
+            grad_model.add_weight_wrapper(key, copier)
+    return probes
+
+
+def remove_cad_wrappers(model) -> None:
+    """Strip this pack's wrappers from the shared modules (ComfyUI's unpatch leaves weight functions)."""
+    for module in model.model.diffusion_model.modules():
+        for attr in ("weight_function", "bias_function"):
+            functions = getattr(module, attr, None)
+            if functions:
+                setattr(module, attr, [f for f in functions if not isinstance(f, _CADWeightFunction)])
+
+
+# --- the attribution sampler -------------------------------------------------------------------------
+
+class _AttributionSampler(comfy.samplers.Sampler):
+    """Runs cad_core's visiting loop with conditioning prepared exactly as KSampler prepares it."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        inner, conds, options = model_wrap.inner_model, model_wrap.conds, extra_args["model_options"]
+
+        def predictor(name):
+            def predict(x, sigma):
+                x = x.clone() if x.is_inference() else x
+                s = sigma.reshape(1).to(x).expand(x.shape[0])
+                return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
+            return predict
+
+        # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward.
+        return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
+
+
+def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
+                    scope_regex="", schedule="single", concept_latent=None, on_progress=None):
+    """CAD attribution of `model` for the concept in `positive` against `base`; never modifies `model`."""
+    keys = resolve_scope(patchable_weights(model), scope, scope_regex)
+    fingerprint = fingerprint_of(model)
+    shapes = dict(patchable_weights(model))
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])[:1]
+    images = None
+    if concept_latent is not None:
+        images = comfy.sample.fix_empty_latent_channels(model, concept_latent["samples"])
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).float()
+    parameterization = parameterization_of(model)
+
+    with torch.inference_mode(False):
+        model.model.requires_grad_(False)
+        grad_model = model.clone()
+        accumulator = GradientAccumulator({k: shapes[k] for k in keys}, device=grad_model.load_device)
+        probes = _install_probes(grad_model, keys, accumulator)
+        result = {}
+
+        def run(concept, base_fn, sigmas_dev, noise, processed_latent):
+            def make_noise(sample, restart):
+                # Sample 0's first trajectory uses the seed itself, as KSampler would.
+                g = torch.Generator().manual_seed(seed + sample + 100_003 * restart)
+                return torch.randn((1, *noise.shape[1:]), generator=g).to(noise)
+
+            plan = TrajectoryPlan(sigmas_dev, parameterization, guidance, schedule, make_noise,
+                                  on_progress or (lambda done, total: None))
+            given = processed_latent if images is not None else None
+            result["attribution"] = attribute(
+                objective, concept, base_fn, plan, ProbedWeights(probes, shapes), accumulator,
+                samples=samples, images=given, fingerprint=fingerprint,
+                meta={"scope": scope, "scope_regex": scope_regex, "seed": seed,
+                      "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
+                      "latent_shape": list(latent_image.shape)})
+            return processed_latent
+
+        try:
+            guider = comfy.samplers.CFGGuider(grad_model)
+            guider.set_conds(positive, base)
+            guider.set_cfg(guidance)
+            start = images if images is not None else latent_image
+            noise = torch.zeros_like(start)
+            guider.sample(noise, start, _AttributionSampler(run), sigmas, seed=seed, disable_pbar=True)
+        finally:
+            remove_cad_wrappers(grad_model)
+            del grad_model
+            comfy.model_management.soft_empty_cache()
+    return result["attribution"]
+
+
+class ProbedWeights:
+    """The weights alpha multiplies, as the probes saw them during the first forward pass.
+
+    A scoped weight no forward pass used has zero gradient, so its alpha is zero whatever W is.
+    """
+
+    def __init__(self, probes, shapes):
+        self.probes, self.shapes = probes, shapes
+
+    def __getitem__(self, key):
+        value = self.probes[key].value
+        return value if value is not None else torch.zeros(self.shapes[key])
+
+
+# --- applying masks ----------------------------------------------------------------------------------
+
+class CADMaskAdapter(WeightAdapterBase):
+    """Patch that scales the masked entries of one weight: W[idx] *= (1 - strength).
+
+    All tensors live in `self.weights` and the constructor is (loaded_keys, weights), because newer
+    ComfyUI rebuilds adapters that way when it prefetches patches. Added after a LoRA it scales the
+    LoRA-modified weight, so strength 1 zeroes the selected entries exactly.
+    """
+
+    name = "cad_mask"
+
+    def __init__(self, loaded_keys, weights):
+        self.loaded_keys = loaded_keys
+        self.weights = weights
+
+    def calculate_shape(self, key):
+        return None
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        return scale_selected(weight, self.weights[0], float(strength))
+
+
+def apply_mask(model, mask: Mask, strength: float):
+    """A clone of `model` with the mask's components scaled by (1 - strength); `model` is untouched."""
+    mask.check_valid()
+    mask.check_nonempty()
+    check_fingerprint(model, mask.fingerprint, "mask")
+    present = dict(patchable_weights(model))
+    for key, shape in mask.shapes.items():
+        if key in mask.indices and tuple(present.get(key, ())) != tuple(shape):
+            raise CADError(f"The mask expects '{key}' with shape {tuple(shape)}, but this MODEL has "
+                           f"{present.get(key, 'no such weight')}.")
+    patched = model.clone()
+    patches = {k: CADMaskAdapter({k}, (idx.to(torch.int64),)) for k, idx in mask.indices.items() if idx.numel()}
+    accepted = patched.add_patches(patches, strength_patch=strength)
+    if len(accepted) != len(patches):
+        missing = sorted(set(patches) - set(accepted))
+        raise CADError(f"ComfyUI refused to patch {len(missing)} weights the mask selects, e.g. {missing[:3]}.")
+    return patched

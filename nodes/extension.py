@@ -1,0 +1,18 @@
+"""The list of nodes ComfyUI registers for this pack."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension
+
+from .apply_node import ApplyCADMask
+from .attribute_node import CADAttribute
+from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
+from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
+
+NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks,
+         CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask]
+
+
+class CADExtension(ComfyExtension):
+    @override
+    async def get_node_list(self):
+        return NODES

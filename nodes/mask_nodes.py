@@ -1,0 +1,73 @@
+"""CAD Erase Mask / CAD Amplify Mask (select components) and CAD Combine Masks (union)."""
+from comfy_api.latest import io
+
+from ..cad_core import GRANULARITIES, select_components, union
+from ..cad_core import protect as keep_protected
+from .cad_types import CadAttribution, CadMask
+
+_GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries (the reference's default; rows "
+                    "narrower than 1/ratio select nothing). per_matrix: int(ratio * size) per weight matrix. "
+                    "global: int(ratio * all scoped weights) over the whole scope.")
+
+
+def _mask_schema(node_id, display_name, description, ratio_tip):
+    return io.Schema(
+        node_id=node_id, display_name=display_name, category="CAD", description=description,
+        inputs=[
+            CadAttribution.Input("attribution", tooltip="From CAD Attribute or Load CAD Attribution."),
+            io.Float.Input("ratio", default=0.001, min=0.000001, max=1.0, step=0.0001, tooltip=ratio_tip),
+            io.Combo.Input("granularity", options=list(GRANULARITIES), default="per_row", tooltip=_GRANULARITY_TIP),
+            CadAttribution.Input("protect", optional=True,
+                                 tooltip="Attribution of a concept to keep: components that carry it (positive "
+                                 "score there) are never selected."),
+        ],
+        outputs=[CadMask.Output(display_name="mask", tooltip="Selected components; connect to Apply CAD Mask.")],
+    )
+
+
+class CADEraseMask(io.ComfyNode):
+    MODE = "erase"
+
+    @classmethod
+    def define_schema(cls):
+        return _mask_schema(
+            "CADEraseMask", "CAD Erase Mask",
+            "Selects the components that carry the concept most (largest positive scores). Ablating them "
+            "erases the concept.",
+            "Fraction of weights to select (0.001 = 0.1%, the reference default). Only positive scores qualify.")
+
+    @classmethod
+    def execute(cls, attribution, ratio, granularity, protect=None) -> io.NodeOutput:
+        mask = select_components(attribution, cls.MODE, ratio, granularity)
+        if protect is not None:
+            mask = keep_protected(mask, protect)
+        mask.check_nonempty()
+        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()], "text": [mask.summary_text()]})
+
+
+class CADAmplifyMask(CADEraseMask):
+    MODE = "amplify"
+
+    @classmethod
+    def define_schema(cls):
+        return _mask_schema(
+            "CADAmplifyMask", "CAD Amplify Mask",
+            "Selects the components that suppress the concept most (most negative scores). Ablating them "
+            "strengthens the concept. Use an attribution made with objective concept_likelihood.",
+            "Fraction of weights to select (0.001 = 0.1%). Only negative scores qualify.")
+
+
+class CADCombineMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CADCombineMasks", display_name="CAD Combine Masks", category="CAD",
+            description="Union of two masks of the same model, e.g. to erase two concepts at once.",
+            inputs=[CadMask.Input("mask_a", tooltip="A mask."), CadMask.Input("mask_b", tooltip="Another mask.")],
+            outputs=[CadMask.Output(display_name="mask", tooltip="Components selected by either mask.")],
+        )
+
+    @classmethod
+    def execute(cls, mask_a, mask_b) -> io.NodeOutput:
+        mask = union([mask_a, mask_b])
+        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()], "text": [mask.summary_text()]})

@@ -1,0 +1,189 @@
+"""The ComfyUI bridge on a real ModelPatcher around a hand-built SD1.5-structured BaseModel.
+
+Gradients through the node path (weight probes under inference mode, CFGGuider conditioning) must
+equal plain autograd on the same latents; masks must patch and unpatch exactly.
+"""
+import pytest
+import torch
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+from cad_pack.cad_core import Mask, VarianceExploding, select_components
+from cad_pack.cad_core.noise import ddim_step
+from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
+
+from tiny_models import conditioning, empty_latent, tiny_sd15
+
+POS, BASE = conditioning(1), conditioning(2)
+STEPS, SEED, GUIDANCE = 3, 7, 3.0
+
+
+def node_path(mp, objective, **kw):
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        return attribute_model(mp, POS, BASE, empty_latent(), objective=objective, steps=STEPS, guidance=GUIDANCE,
+                               seed=SEED, samples=1, scope=kw.pop("scope", "ff"), **kw)
+
+
+def plain_autograd_alpha(mp, objective, keys, concept_latent=None):
+    """The same objective written directly against BaseModel.apply_model with ordinary autograd."""
+    bm = mp.model
+    params = {f"diffusion_model.{n}": p for n, p in bm.diffusion_model.named_parameters()}
+    leaves = {k: params[k].detach().clone().requires_grad_(True) for k in keys}
+    sigmas = comfy.samplers.calculate_sigmas(mp.get_model_object("model_sampling"), "normal", STEPS).float().clone()
+    pos, base = POS[0][0].clone(), BASE[0][0].clone()
+    ve = VarianceExploding()
+
+    def predict(x, s, cond):
+        originals = {}
+        for k, leaf in leaves.items():  # swap in differentiable copies of the scoped weights
+            mod_name, attr = k[len("diffusion_model."):].rsplit(".", 1)
+            mod = bm.diffusion_model.get_submodule(mod_name)
+            originals[(mod, attr)] = mod._parameters[attr]
+            mod._parameters[attr] = leaf
+        try:
+            return bm.apply_model(x, s.reshape(1), c_crossattn=cond)
+        finally:
+            for (mod, attr), p in originals.items():
+                mod._parameters[attr] = p
+
+    def noise(restart):
+        g = torch.Generator().manual_seed(SEED + 100_003 * restart)
+        return torch.randn((1, 4, 8, 8), generator=g)
+
+    total = 0
+    if objective == "concept_gap":
+        x = noise(0) * sigmas[0]
+        for i in range(STEPS):
+            x0_c = predict(x, sigmas[i], pos)
+            with torch.no_grad():
+                x0_b = predict(x, sigmas[i], base)
+            total = total + (ve.eps_from_x0(x, x0_c, sigmas[i]) - ve.eps_from_x0(x, x0_b, sigmas[i])).pow(2).mean()
+            x0_g = x0_b + GUIDANCE * (x0_c.detach() - x0_b)
+            x = ddim_step(ve, x, x0_g, sigmas[i], sigmas[i + 1])
+    else:
+        images = bm.process_latent_in(concept_latent.clone())
+        for i in range(STEPS):
+            eps = noise(1 + i)
+            x_t = ve.add_noise(images, eps, sigmas[i])
+            total = total - (eps - ve.eps_from_x0(x_t, predict(x_t, sigmas[i], pos), sigmas[i])).pow(2).mean()
+    grads = torch.autograd.grad(total, [leaves[k] for k in keys])
+    return {k: (leaves[k].detach() * g).float() for k, g in zip(keys, grads)}
+
+
+@pytest.mark.parametrize("v_prediction", [False, True], ids=["eps", "v"])
+@pytest.mark.parametrize("objective", ["concept_gap", "concept_likelihood"])
+def test_node_path_gradients_equal_plain_autograd(objective, v_prediction):
+    mp = tiny_sd15(seed=3, v_prediction=v_prediction)
+    concept = None
+    if objective == "concept_likelihood":
+        with torch.inference_mode():
+            concept = {"samples": torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5)) * 3}
+    attribution = node_path(mp, objective, concept_latent=concept)
+    keys = list(attribution.scores)
+    assert len(keys) == 14 and all(".ff.net." in k for k in keys)
+
+    reference_model = tiny_sd15(seed=3, v_prediction=v_prediction, inference=False)
+    with torch.inference_mode(False):
+        expected = plain_autograd_alpha(reference_model, objective, keys, None if concept is None else concept["samples"])
+    for k in keys:
+        assert attribution.scores[k].abs().max() > 0, k
+        torch.testing.assert_close(attribution.scores[k], expected[k], rtol=1e-4, atol=1e-12 + 1e-4 * expected[k].abs().max().item())
+
+
+def test_attribution_leaves_no_trace_on_the_model():
+    mp = tiny_sd15(seed=4)
+    before = {k: v.clone() for k, v in mp.model.state_dict().items()}
+    node_path(mp, "concept_gap", scope="ff+attention")
+    modules = list(mp.model.diffusion_model.modules())
+    assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", []) for m in modules)
+    assert all(not p.requires_grad and p.grad is None for p in mp.model.parameters())
+    assert mp.patches == {} and mp.weight_wrapper_patches == {}
+    after = mp.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def sample(mp, seed=11):
+    with torch.inference_mode():
+        latent = empty_latent()["samples"]
+        noise = comfy.sample.prepare_noise(latent, seed)
+        return comfy.sample.sample(mp, noise, 4, 3.0, "euler", "normal", POS, BASE, latent, seed=seed,
+                                   disable_pbar=True)
+
+
+def test_original_model_samples_bit_identically_after_cad_nodes():
+    mp = tiny_sd15(seed=6)
+    first = sample(mp)
+    attribution = node_path(mp, "concept_gap")
+    edited = apply_mask(mp, select_components(attribution, "erase", 0.1, "per_row"), 1.0)
+    edited_image = sample(edited)
+    again = sample(mp)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, edited_image)  # the edit itself did something
+
+
+def ff_key(mp):
+    return next(k for k, _ in patchable_weights(mp) if k.endswith("ff.net.2.weight"))
+
+
+def hand_mask(mp, key, indices):
+    shape = dict(patchable_weights(mp))[key]
+    return Mask({key: torch.tensor(indices)}, {key: shape}, fingerprint_of(mp), {"mode": "erase"})
+
+
+def loaded_weight(patcher, key, lowvram=False):
+    """The weight a forward pass actually uses after ComfyUI loads `patcher` (full or low-VRAM)."""
+    if lowvram:
+        patcher.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1, load_weights=True)
+        module = patcher.model.get_submodule(key.rsplit(".", 1)[0])
+        w = module.weight
+        for f in module.weight_function:
+            w = f(w.clone())
+    else:
+        mm.load_models_gpu([patcher], force_full_load=True)
+        w = patcher.model.get_submodule(key.rsplit(".", 1)[0]).weight
+    w = w.detach().clone()
+    patcher.unpatch_model(device_to=torch.device("cpu"))
+    return w
+
+
+@pytest.mark.parametrize("lowvram", [False, True], ids=["full", "lowvram"])
+def test_mask_zeroes_halves_and_unpatches_exactly(lowvram):
+    mp = tiny_sd15(seed=8)
+    key = ff_key(mp)
+    original = mp.model.get_submodule(key.rsplit(".", 1)[0]).weight.detach().clone()
+    idx = [0, 5, 17, 100]
+    with torch.inference_mode():
+        erased = loaded_weight(apply_mask(mp, hand_mask(mp, key, idx), 1.0), key, lowvram)
+        halved = loaded_weight(apply_mask(mp, hand_mask(mp, key, idx), 0.5), key, lowvram)
+    flat, others = torch.tensor(idx), torch.ones(original.numel(), dtype=torch.bool)
+    others[flat] = False
+    assert torch.all(erased.view(-1)[flat] == 0)
+    assert torch.equal(erased.view(-1)[others], original.view(-1)[others])
+    torch.testing.assert_close(halved.view(-1)[flat], original.view(-1)[flat] * 0.5, rtol=0, atol=1e-7)
+    restored = mp.model.get_submodule(key.rsplit(".", 1)[0]).weight
+    assert torch.equal(restored, original) and mp.patches == {}
+
+
+def test_mask_after_lora_zeroes_the_lora_modified_weight():
+    mp = tiny_sd15(seed=9)
+    key = ff_key(mp)
+    original = mp.model.get_submodule(key.rsplit(".", 1)[0]).weight.detach().clone()
+    delta = torch.full_like(original, 0.25)
+    with_lora = mp.clone()
+    assert with_lora.add_patches({key: ("diff", (delta,))}) == [key]
+    idx = [1, 2, 3, 64]
+    with torch.inference_mode():
+        w = loaded_weight(apply_mask(with_lora, hand_mask(mp, key, idx), 1.0), key)
+    others = torch.ones(original.numel(), dtype=torch.bool)
+    others[idx] = False
+    assert torch.all(w.view(-1)[idx] == 0)
+    torch.testing.assert_close(w.view(-1)[others], (original + delta).view(-1)[others], rtol=0, atol=1e-6)
+
+
+def test_apply_refuses_a_mask_for_another_model():
+    mp, other = tiny_sd15(seed=1), tiny_sd15(seed=2)
+    mask = hand_mask(other, ff_key(other), [0, 1])
+    with pytest.raises(Exception, match="made for another model"):
+        apply_mask(mp, mask, 1.0)
+    assert mp.patches == {}
