@@ -5,6 +5,7 @@ from comfy_api.latest import io
 from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
 from .cad_types import CadAttribution
 from .comfy_bridge import attribute_model
+from .validation import check_choices
 
 
 class CADAttribute(io.ComfyNode):
@@ -53,6 +54,11 @@ class CADAttribute(io.ComfyNode):
             outputs=[CadAttribution.Output(display_name="attribution",
                                            tooltip="Per-weight scores; connect to CAD Erase/Amplify Mask or Save.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, objective, scope, schedule):
+        return check_choices(objective=(objective, OBJECTIVES), scope=(scope, SCOPE_PRESETS),
+                             schedule=(schedule, SCHEDULES))
 
     @classmethod
     def execute(cls, model, positive, base, latent, objective, steps, guidance, seed, samples, scope, schedule,

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..cad_core import CADError, load_attribution, load_mask, save_attribution, save_mask
 from .cad_types import CadAttribution, CadMask
 from .comfy_bridge import fingerprint_of
+from .validation import check_choices
 
 FOLDER = "cad"
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
@@ -62,6 +63,10 @@ def _resolve(file):
     return path
 
 
+def _file_listed(file):
+    return check_choices(file=(file, cad_files()))
+
+
 def _file_changed(file, **_):
     path = folder_paths.get_full_path(FOLDER, file)
     return os.path.getmtime(path) if path else file
@@ -100,6 +105,10 @@ class CADLoadAttribution(io.ComfyNode):
                             [CadAttribution.Output(display_name="attribution", tooltip="The loaded scores.")])
 
     @classmethod
+    def validate_inputs(cls, file):
+        return _file_listed(file)
+
+    @classmethod
     def fingerprint_inputs(cls, file, **kwargs):
         return _file_changed(file)
 
@@ -116,6 +125,10 @@ class CADLoadMask(io.ComfyNode):
         return _file_schema("CADLoadMask", "Load CAD Mask", "Reads a mask saved by Save CAD Mask.",
                             [_file_input(), _model_check_input()],
                             [CadMask.Output(display_name="mask", tooltip="The loaded mask.")])
+
+    @classmethod
+    def validate_inputs(cls, file):
+        return _file_listed(file)
 
     @classmethod
     def fingerprint_inputs(cls, file, **kwargs):

@@ -4,6 +4,7 @@ from comfy_api.latest import io
 from ..cad_core import GRANULARITIES, select_components, union
 from ..cad_core import protect as keep_protected
 from .cad_types import CadAttribution, CadMask
+from .validation import check_choices
 
 _GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries (the reference's default; rows "
                     "narrower than 1/ratio select nothing). per_matrix: int(ratio * size) per weight matrix. "
@@ -35,6 +36,10 @@ class CADEraseMask(io.ComfyNode):
             "Selects the components that carry the concept most (largest positive scores). Ablating them "
             "erases the concept.",
             "Fraction of weights to select (0.001 = 0.1%, the reference default). Only positive scores qualify.")
+
+    @classmethod
+    def validate_inputs(cls, granularity):
+        return check_choices(granularity=(granularity, GRANULARITIES))
 
     @classmethod
     def execute(cls, attribution, ratio, granularity, protect=None) -> io.NodeOutput:
