@@ -2,7 +2,7 @@
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import torch
@@ -101,12 +101,16 @@ class ParameterGradientCapture:
         if missing:
             raise CADError(f"These scoped weights are not parameters of the module: {missing[:5]}")
         self.keys, self.acc = list(keys), accumulator
-        self._saved, self._handles = {}, []
+        self._saved, self._saved_grads, self._handles = {}, {}, []
 
     def __enter__(self):
         self._saved = {k: p.requires_grad for k, p in self.params.items()}
+        # A .grad left over from earlier work would be summed into the first captured gradient.
+        self._saved_grads = {k: self.params[k].grad for k in self.keys}
         for k, p in self.params.items():
             p.requires_grad_(k in self.keys)
+        for k in self.keys:
+            self.params[k].grad = None
         for k in self.keys:
             self._handles.append(self.params[k].register_post_accumulate_grad_hook(self._sink(k)))
         return self
@@ -122,6 +126,8 @@ class ParameterGradientCapture:
             h.remove()
         for k, p in self.params.items():
             p.requires_grad_(self._saved[k])
+        for k, grad in self._saved_grads.items():
+            self.params[k].grad = grad
         return False
 
 
@@ -141,12 +147,16 @@ def attribute(objective: str, concept: Callable, base: Callable, plan: Trajector
     if samples < 1:
         raise CADError(f"samples must be at least 1, got {samples}.")
     counts, started = CallCounts(), time.perf_counter()
+    per_sample = plan.units_of_work(objective, generate_samples=images is None)
     for sample in range(samples):
+        # Progress runs once from 0 to the total over all samples, not once per sample.
+        sample_plan = replace(plan, on_progress=lambda done, total, offset=sample * per_sample:
+                              plan.on_progress(offset + done, samples * per_sample))
         if objective == "concept_gap":
-            visit_concept_gap(concept, base, plan, counts, sample)
+            visit_concept_gap(concept, base, sample_plan, counts, sample)
         else:
             image = None if images is None else images[sample % images.shape[0]].unsqueeze(0)
-            visit_concept_likelihood(concept, base, plan, counts, image, sample)
+            visit_concept_likelihood(concept, base, sample_plan, counts, image, sample)
     if not math.isfinite(counts.objective_total):
         raise CADError(
             f"The objective became {counts.objective_total} during attribution: the model produced NaN/inf "

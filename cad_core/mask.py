@@ -75,6 +75,16 @@ class Mask:
                 f"[{s['granularity']}, ratio {s['ratio']}].")
 
 
+def split_flat_indices(flat: torch.Tensor, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Sorted indices into the concatenation of several flattened weights -> per-key local indices."""
+    out, start = {}, 0
+    for key, size in sizes.items():
+        lo, hi = torch.searchsorted(flat, start), torch.searchsorted(flat, start + size)
+        out[key] = flat[lo:hi] - start
+        start += size
+    return out
+
+
 def union(masks: list[Mask]) -> Mask:
     """Components selected by any of the masks (e.g. erase several concepts at once)."""
     if not masks:

@@ -9,7 +9,7 @@ import torch
 
 from .attribution import Attribution
 from .errors import CADError
-from .mask import Mask
+from .mask import Mask, split_flat_indices
 
 GRANULARITIES = ("per_row", "per_matrix", "global")
 DIRECTIONS = {"erase": 1.0, "amplify": -1.0}
@@ -61,18 +61,9 @@ def _select_matrix(scores: torch.Tensor, sign: float, ratio: float) -> torch.Ten
 
 
 def _select_global(scores: dict, sign: float, ratio: float) -> dict:
-    keys = list(scores)
-    flat = torch.cat([(scores[k] * sign).reshape(-1) for k in keys])
+    flat = torch.cat([(s * sign).reshape(-1) for s in scores.values()])
     chosen = _top_positive(flat, int(ratio * flat.numel()))
-    offsets = [0]
-    for k in keys:
-        offsets.append(offsets[-1] + scores[k].numel())
-    bounds = torch.tensor(offsets)
-    out = {}
-    for i, k in enumerate(keys):
-        lo, hi = torch.searchsorted(chosen, bounds[i]), torch.searchsorted(chosen, bounds[i + 1])
-        out[k] = chosen[lo:hi] - offsets[i]
-    return out
+    return split_flat_indices(chosen, {k: s.numel() for k, s in scores.items()})
 
 
 def _top_positive(flat: torch.Tensor, k: int) -> torch.Tensor:

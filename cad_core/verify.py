@@ -11,7 +11,7 @@ import torch
 
 from .attribution import Attribution
 from .errors import CADError
-from .mask import Mask
+from .mask import Mask, split_flat_indices
 
 # measure(mask, strength) -> J on fixed latents and noise, with the mask applied (None = unedited).
 Measure = Callable[[Optional[Mask], float], float]
@@ -46,20 +46,15 @@ def verify_ablation(measure: Measure, attribution: Attribution, mask: Mask, stre
 
 def random_mask(attribution: Attribution, size: int, generator: torch.Generator) -> Mask:
     """`size` components drawn uniformly from the scope (a control, and the faithfulness test's sets)."""
-    keys = list(attribution.scores)
-    sizes = torch.tensor([attribution.scores[k].numel() for k in keys])
-    if size > int(sizes.sum()):
-        raise CADError(f"Cannot draw {size} components from a scope of {int(sizes.sum())} weights.")
-    flat = torch.randperm(int(sizes.sum()), generator=generator)[:size].sort().values
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
-    indices = {}
-    for i, k in enumerate(keys):
-        lo, hi = torch.searchsorted(flat, offsets[i]), torch.searchsorted(flat, offsets[i + 1])
-        if hi > lo:
-            indices[k] = flat[lo:hi] - offsets[i]
+    sizes = {k: s.numel() for k, s in attribution.scores.items()}
+    total = sum(sizes.values())
+    if size > total:
+        raise CADError(f"Cannot draw {size} components from a scope of {total} weights.")
+    flat = torch.randperm(total, generator=generator)[:size].sort().values
+    indices = {k: idx for k, idx in split_flat_indices(flat, sizes).items() if idx.numel()}
     shapes = {k: tuple(s.shape) for k, s in attribution.scores.items()}
     return Mask(indices, shapes, attribution.fingerprint, {"mode": "random", "ratio": None, "granularity": "random",
-                                                           "scoped_weights": int(sizes.sum())})
+                                                           "scoped_weights": total})
 
 
 def faithfulness(measure: Measure, attribution: Attribution, sets: int, set_size: int, seed: int = 0,

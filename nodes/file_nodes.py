@@ -116,7 +116,8 @@ class CADLoadAttribution(io.ComfyNode):
     def execute(cls, file, model=None) -> io.NodeOutput:
         expected = fingerprint_of(model) if model is not None else None
         attribution = load_attribution(_resolve(file), expected)
-        return io.NodeOutput(attribution, ui={"cad_summary": [attribution.summary()]})
+        return io.NodeOutput(attribution, ui={"cad_summary": [attribution.summary()],
+                                              "text": [attribution.summary_text()]})
 
 
 class CADLoadMask(io.ComfyNode):
@@ -138,4 +139,4 @@ class CADLoadMask(io.ComfyNode):
     def execute(cls, file, model=None) -> io.NodeOutput:
         expected = fingerprint_of(model) if model is not None else None
         mask = load_mask(_resolve(file), expected)
-        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()]})
+        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()], "text": [mask.summary_text()]})
