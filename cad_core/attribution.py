@@ -25,6 +25,9 @@ class Attribution:
     scores: dict[str, torch.Tensor]
     fingerprint: str
     meta: dict = field(default_factory=dict)
+    # Where J was differentiated (trajectory.Visit records). Kept in memory for verification only;
+    # files do not store them.
+    points: list = field(default_factory=list, repr=False)
 
     @property
     def total_weights(self) -> int:
@@ -166,6 +169,6 @@ def attribute(objective: str, concept: Callable, base: Callable, plan: Trajector
             "samples": samples, "parameterization": plan.parameterization.name,
             "unet_calls": counts.as_dict(), "seconds": round(time.perf_counter() - started, 3),
             "pack_version": PACK_VERSION, **(meta or {})}
-    result = Attribution(scores, fingerprint, info)
+    result = Attribution(scores, fingerprint, info, counts.points)
     result.check_usable()
     return result

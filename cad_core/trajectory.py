@@ -26,6 +26,15 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
+class Visit:
+    """One point where J was differentiated, kept so J can be re-measured there after an edit."""
+
+    x_t: torch.Tensor
+    sigma: torch.Tensor
+    eps: torch.Tensor | None = None  # the true noise, for the likelihood objective
+
+
+@dataclass
 class CallCounts:
     """UNet work done, counted per batch call: the figure the cost targets are stated in."""
 
@@ -33,6 +42,7 @@ class CallCounts:
     forward_no_grad: int = 0
     objective_total: float = 0.0
     visits: int = 0
+    points: list = field(default_factory=list)  # Visit records (CPU), not part of as_dict()
 
     def as_dict(self) -> dict:
         return {"forward_backward": self.forward_backward, "forward_no_grad": self.forward_no_grad,
@@ -84,6 +94,7 @@ def visit_concept_gap(concept: Denoise, base: Denoise, plan: TrajectoryPlan, cou
         counts.forward_backward += 1
         counts.forward_no_grad += 1
         counts.visits += 1
+        counts.points.append(Visit(x_t.detach().cpu(), sig[i].detach().cpu()))
         counts.objective_total += float(j.detach())
         return x0_c.detach(), x0_b
 
@@ -137,9 +148,23 @@ def visit_concept_likelihood(concept: Denoise, base: Denoise, plan: TrajectoryPl
             j.backward()
         counts.forward_backward += 1
         counts.visits += 1
+        counts.points.append(Visit(x_t.detach().cpu(), sig[i].detach().cpu(), eps.detach().cpu()))
         counts.objective_total += float(j.detach())
         done += 1
         plan.on_progress(done, total)
+
+
+def measure_objective(objective: str, concept: Denoise, base: Denoise, parameterization, points) -> float:
+    """J summed over recorded visits, without gradients: the same latents before and after an edit."""
+    total = 0.0
+    with torch.no_grad():
+        for v in points:
+            if objective == "concept_gap":
+                j = concept_gap(parameterization, v.x_t, v.sigma, concept(v.x_t, v.sigma), base(v.x_t, v.sigma))
+            else:
+                j = concept_likelihood(parameterization, v.x_t, v.sigma, concept(v.x_t, v.sigma), v.eps)
+            total += float(j)
+    return total
 
 
 def _guided(x0_concept, x0_base, guidance):

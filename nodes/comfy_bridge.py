@@ -17,8 +17,9 @@ import comfy.samplers
 import comfy.utils
 from comfy.weight_adapter import WeightAdapterBase
 
-from ..cad_core import (CADError, GradientAccumulator, Mask, TrajectoryPlan, attribute, model_fingerprint,
-                        resolve_scope, scale_selected)
+from ..cad_core import (Attribution, CADError, GradientAccumulator, Mask, TrajectoryPlan, attribute,
+                        model_fingerprint, resolve_scope, scale_selected, verify_ablation)
+from ..cad_core.trajectory import measure_objective
 from ..cad_core.noise import FlowMatching, VarianceExploding
 
 PREFIX = "diffusion_model."
@@ -138,6 +139,7 @@ class _AttributionSampler(comfy.samplers.Sampler):
 
         def predictor(name):
             def predict(x, sigma):
+                x = x.to(noise.device)
                 x = x.clone() if x.is_inference() else x
                 s = sigma.reshape(1).to(x).expand(x.shape[0])
                 return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
@@ -254,3 +256,34 @@ def apply_mask(model, mask: Mask, strength: float):
         missing = sorted(set(patches) - set(accepted))
         raise CADError(f"ComfyUI refused to patch {len(missing)} weights the mask selects, e.g. {missing[:3]}.")
     return patched
+
+
+# --- verification ------------------------------------------------------------------------------------
+
+def measure_on(model, positive, base, attribution: Attribution, mask: Mask | None = None, strength: float = 1.0):
+    """J at the attribution's own visited latents, on `model` or on `model` with `mask` applied."""
+    if not attribution.points:
+        raise CADError("This attribution carries no visited latents (attributions loaded from files do not), so "
+                       "its prediction cannot be checked. Verify an attribution straight from CAD Attribute.")
+    check_fingerprint(model, attribution.fingerprint, "attribution")
+    target = model if mask is None else apply_mask(model, mask, strength)
+    parameterization, result = parameterization_of(model), {}
+
+    def run(concept, base_fn, sigmas, noise, latent):
+        result["objective"] = measure_objective(attribution.meta["objective"], concept, base_fn, parameterization,
+                                                attribution.points)
+        return latent
+
+    guider = comfy.samplers.CFGGuider(target)
+    guider.set_conds(positive, base)
+    guider.set_cfg(attribution.meta.get("guidance", 1.0))
+    start = torch.zeros(attribution.points[0].x_t.shape)
+    sigmas = torch.stack([attribution.points[0].sigma.float(), torch.zeros(())])
+    guider.sample(start, start, _AttributionSampler(run), sigmas, seed=0, disable_pbar=True)
+    return result["objective"]
+
+
+def verify_on(model, positive, base, attribution: Attribution, mask: Mask, strength: float = 1.0):
+    """Really ablate `mask` and compare the measured change of J with the attribution's prediction."""
+    return verify_ablation(lambda m, s: measure_on(model, positive, base, attribution, m, s),
+                           attribution, mask, strength)

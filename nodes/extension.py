@@ -7,8 +7,9 @@ from .apply_node import ApplyCADMask
 from .attribute_node import CADAttribute
 from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
 from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
+from .verify_node import CADVerify
 
-NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks,
+NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADVerify,
          CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask]
 
 

@@ -187,3 +187,36 @@ def test_apply_refuses_a_mask_for_another_model():
     with pytest.raises(Exception, match="made for another model"):
         apply_mask(mp, mask, 1.0)
     assert mp.patches == {}
+
+
+def test_verify_measures_what_the_attribution_predicts_for_a_small_shrink():
+    """Shrinking the selected weights by 2% stays in the linear regime: measured ~ predicted.
+
+    Uses concept_likelihood: concept_gap stops the gradient through the base branch, while a real
+    ablation changes both branches, so its measured change is not the first-order prediction.
+    """
+    from cad_pack.nodes.comfy_bridge import measure_on, verify_on
+    mp = tiny_sd15(seed=14, scale=0.08)
+    attribution = node_path(mp, "concept_likelihood")
+    mask = select_components(attribution, "erase", 0.05, "per_matrix")
+    with torch.inference_mode():
+        unedited = measure_on(mp, POS, BASE, attribution)
+        check = verify_on(mp, POS, BASE, attribution, mask, strength=0.02)
+    # J measured at the visited latents equals the J the attribution accumulated there
+    assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
+    assert check.predicted_change < 0  # erasing positive components lowers J
+    assert check.measured_change == pytest.approx(check.predicted_change, rel=0.1)
+    assert mp.patches == {}
+
+
+def test_verify_gap_measures_the_edited_model():
+    from cad_pack.nodes.comfy_bridge import measure_on
+    mp = tiny_sd15(seed=15, scale=0.08)
+    attribution = node_path(mp, "concept_gap")
+    mask = select_components(attribution, "erase", 0.2, "per_matrix")
+    with torch.inference_mode():
+        unedited = measure_on(mp, POS, BASE, attribution)
+        erased = measure_on(mp, POS, BASE, attribution, mask, 1.0)
+        again = measure_on(mp, POS, BASE, attribution)
+    assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
+    assert erased != unedited and again == unedited

@@ -1,0 +1,81 @@
+"""Test bootstrap: real ComfyUI on sys.path (CPU), the pack importable as `cad_pack`,
+and session fixtures for the random SD1.5 test checkpoint and a running ComfyUI server."""
+import importlib.util
+import os
+import sys
+import traceback
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts")
+ARTIFACTS = os.path.join(REPO, "tests", ".artifacts")
+
+# --- 1. ComfyUI -------------------------------------------------------------------------
+COMFYUI_PATH = os.path.abspath(os.environ.get("COMFYUI_PATH") or os.path.join(REPO, ".comfyui", "ComfyUI"))
+if not (os.path.isfile(os.path.join(COMFYUI_PATH, "main.py")) and os.path.isdir(os.path.join(COMFYUI_PATH, "comfy"))):
+    pytest.exit(f"ComfyUI not found at {COMFYUI_PATH}. Run `make test` (it sets everything up), "
+                f"or point COMFYUI_PATH at a ComfyUI checkout.", returncode=4)
+os.environ["COMFYUI_PATH"] = COMFYUI_PATH  # so scripts/ helpers and subprocesses agree
+# `python -m pytest` puts the repo root on sys.path; our `nodes/` package would then shadow
+# ComfyUI's `nodes.py`. The pack is loaded by file location below, so drop the root.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO]
+sys.path.insert(0, COMFYUI_PATH)
+sys.path.insert(1, SCRIPTS)
+
+from comfy.cli_args import args  # noqa: E402
+
+assert "comfy.model_management" not in sys.modules, "comfy.model_management imported before args.cpu was set"
+args.cpu = True  # must precede the first import of comfy.model_management (it picks the device at import)
+
+# --- 2. the pack as package `cad_pack` ---------------------------------------------------
+PACK_INIT = os.path.join(REPO, "__init__.py")
+CAD_PACK_IMPORT_ERROR = None
+if os.path.isfile(PACK_INIT):
+    _spec = importlib.util.spec_from_file_location("cad_pack", PACK_INIT, submodule_search_locations=[REPO])
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules["cad_pack"] = _mod
+    try:
+        _spec.loader.exec_module(_mod)
+    except Exception:  # keep collecting; the header and the `cad_pack` fixture show why
+        CAD_PACK_IMPORT_ERROR = traceback.format_exc()
+        for name in [n for n in sys.modules if n == "cad_pack" or n.startswith("cad_pack.")]:
+            del sys.modules[name]
+
+
+def pytest_report_header(config):
+    lines = [f"ComfyUI: {COMFYUI_PATH}"]
+    if not os.path.isfile(PACK_INIT):
+        lines.append("cad_pack: __init__.py not present yet (not registered)")
+    elif CAD_PACK_IMPORT_ERROR:
+        lines.append("cad_pack: IMPORT FAILED\n" + CAD_PACK_IMPORT_ERROR)
+    return lines
+
+
+@pytest.fixture(scope="session")
+def cad_pack():
+    """The imported pack module; fails with the original traceback if its import failed."""
+    if not os.path.isfile(PACK_INIT):
+        pytest.skip("pack __init__.py not present")
+    if CAD_PACK_IMPORT_ERROR:
+        pytest.fail("importing the pack failed:\n" + CAD_PACK_IMPORT_ERROR)
+    return sys.modules["cad_pack"]
+
+
+# --- 3. fixtures --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sd15_test_checkpoint():
+    """Path of the cached random SD1.5 checkpoint (built on first use, ~10 s, ~440 MiB)."""
+    from make_test_checkpoint import DEFAULT_PATH, make_sd15_test_checkpoint
+    return make_sd15_test_checkpoint(DEFAULT_PATH)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(sd15_test_checkpoint):
+    """A real `main.py --cpu` server with the pack and the test checkpoint installed."""
+    from comfy_server import ComfyServer, reset_dir
+    base = os.path.join(ARTIFACTS, "server")
+    reset_dir(base)
+    srv = ComfyServer(base, checkpoint=sd15_test_checkpoint, log_path=os.path.join(ARTIFACTS, "comfy_server.log"))
+    with srv:
+        yield srv
