@@ -3,7 +3,7 @@
 Erase ablates the most positive scores, Amplify the most negative. A component is only ever
 selected when its score has the right sign (the sign guard), so a ratio can select fewer than k.
 """
-import math
+import numbers
 
 import torch
 
@@ -27,8 +27,9 @@ def select_components(attribution: Attribution, mode: str, ratio: float, granula
         raise CADError(f"Unknown mask mode '{mode}'. Expected 'erase' or 'amplify'.")
     if granularity not in GRANULARITIES:
         raise CADError(f"Unknown granularity '{granularity}'. Expected one of: {', '.join(GRANULARITIES)}.")
-    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
-        raise CADError(f"ratio must be in (0, 1] (a fraction of weights, e.g. 0.001 = 0.1%), got {ratio}.")
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 < float(ratio) <= 1.0:
+        raise CADError(f"ratio must be a number in (0, 1] (a fraction of weights, e.g. 0.001 = 0.1%), got {ratio!r}.")
+    ratio = float(ratio)
     attribution.check_usable()
     sign = DIRECTIONS[mode]
 

@@ -65,6 +65,10 @@ class TrajectoryPlan:
             raise CADError(f"Unknown schedule '{self.schedule}'. Expected one of: {', '.join(SCHEDULES)}.")
         if len(self.sigmas) < 2:
             raise CADError("Attribution needs at least one sampling step (steps >= 1).")
+        if not bool((self.sigmas[:-1] > 0).all()):
+            raise CADError("Every sigma but the last must be positive: the objectives divide by sigma.")
+        if self.make_noise is None:
+            raise CADError("TrajectoryPlan needs make_noise(sample, restart) to draw the trajectories' noise.")
 
     @property
     def steps(self) -> int:
@@ -139,8 +143,6 @@ def visit_concept_likelihood(concept: Denoise, base: Denoise, plan: TrajectoryPl
             plan.on_progress(done, total)
         images = x
     for i in range(plan.steps):
-        if float(sig[i]) <= 0:
-            continue
         eps = plan.make_noise(sample, 1 + i).to(images)
         x_t = p.add_noise(images, eps, sig[i])
         with torch.enable_grad():

@@ -560,3 +560,11 @@ def test_nan_model_raises_helpful_error():
         model.fc3.bias.fill_(float("nan"))
     with pytest.raises(CADError, match="NaN"):
         run_attribute(model, "variance_exploding", "concept_gap")
+
+
+def test_plan_refuses_zero_sigma_before_the_end_and_missing_noise():
+    ve = VarianceExploding()
+    with pytest.raises(CADError, match="must be positive"):
+        TrajectoryPlan(torch.tensor([2.0, 0.0, 0.0]), ve, make_noise=lambda s, r: torch.zeros(1))
+    with pytest.raises(CADError, match="make_noise"):
+        TrajectoryPlan(torch.tensor([2.0, 1.0, 0.0]), ve)

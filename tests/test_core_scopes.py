@@ -255,3 +255,12 @@ def test_unknown_architecture_all_linear_and_regex_still_work():
     assert resolve_scope(ns, "all_linear") == [k for k, s in ns if len(s) == 2]
     assert resolve_scope(ns, "regex", r"feed_forward\.w[12]\.weight$") == \
         [k for k, _ in ns if re.search(r"feed_forward\.w[12]", k)]
+
+
+def test_presets_keep_only_2d_weights():
+    # a conv-shaped weight under an ff name (e.g. a 1x1-conv port) is not a linear component
+    tagged = sd15_keys()
+    ns = [(k, s + (1, 1)) if k.endswith("middle_block.1.transformer_blocks.0.ff.net.2.weight") else (k, s)
+          for k, s, _ in tagged]
+    ff = resolve_scope(ns, "ff")
+    assert len(ff) == 31 and not any(k.endswith("middle_block.1.transformer_blocks.0.ff.net.2.weight") for k in ff)
