@@ -42,12 +42,12 @@ def build_graph(ckpt_name, concept="a photo of a cat", seed=0, size=64, ratio=0.
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         # original
         "10": ksampler(["1", 0]),
-        # erase: weights most responsible for the concept gap, masked out
+        # erase: the components that carry the concept gap most (most positive alpha), ablated
         "20": attribute("concept_gap"),
         "21": {"class_type": "CADEraseMask", "inputs": {"attribution": ["20", 0], "ratio": ratio, "granularity": "per_row"}},
         "22": {"class_type": "ApplyCADMask", "inputs": {"model": ["1", 0], "mask": ["21", 0], "strength": 1.0}},
         "23": ksampler(["22", 0]),
-        # amplify: weights that most raise the concept likelihood, scaled up
+        # amplify: the components that most suppress the concept likelihood (most negative alpha), ablated
         "30": attribute("concept_likelihood"),
         "31": {"class_type": "CADAmplifyMask", "inputs": {"attribution": ["30", 0], "ratio": ratio, "granularity": "per_row"}},
         "32": {"class_type": "ApplyCADMask", "inputs": {"model": ["1", 0], "mask": ["31", 0], "strength": 1.0}},
