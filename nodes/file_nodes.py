@@ -97,46 +97,42 @@ class CADSaveMask(io.ComfyNode):
         return io.NodeOutput(ui=_saved_ui(save_mask(mask, save_path(filename_prefix))))
 
 
-class CADLoadAttribution(io.ComfyNode):
+class _LoadCADFile(io.ComfyNode):
+    """Shared by the Load nodes: validate the file choice, reload when the file changes, check the model."""
+
+    LOAD = None      # cad_core loader: (path, expected_fingerprint) -> Attribution | Mask
+    UI_KEY = None
+
+    @classmethod
+    def validate_inputs(cls, file):
+        return _file_listed(file)
+
+    @classmethod
+    def fingerprint_inputs(cls, file, **kwargs):
+        return _file_changed(file)
+
+    @classmethod
+    def execute(cls, file, model=None) -> io.NodeOutput:
+        expected = fingerprint_of(model) if model is not None else None
+        loaded = cls.LOAD(_resolve(file), expected)
+        return io.NodeOutput(loaded, ui={cls.UI_KEY: [loaded.summary()], "text": [loaded.summary_text()]})
+
+
+class CADLoadAttribution(_LoadCADFile):
+    LOAD, UI_KEY = staticmethod(load_attribution), "cad_summary"
+
     @classmethod
     def define_schema(cls):
         return _file_schema("CADLoadAttribution", "Load CAD Attribution",
                             "Reads an attribution saved by Save CAD Attribution.", [_file_input(), _model_check_input()],
                             [CadAttribution.Output(display_name="attribution", tooltip="The loaded scores.")])
 
-    @classmethod
-    def validate_inputs(cls, file):
-        return _file_listed(file)
 
-    @classmethod
-    def fingerprint_inputs(cls, file, **kwargs):
-        return _file_changed(file)
+class CADLoadMask(_LoadCADFile):
+    LOAD, UI_KEY = staticmethod(load_mask), "cad_mask"
 
-    @classmethod
-    def execute(cls, file, model=None) -> io.NodeOutput:
-        expected = fingerprint_of(model) if model is not None else None
-        attribution = load_attribution(_resolve(file), expected)
-        return io.NodeOutput(attribution, ui={"cad_summary": [attribution.summary()],
-                                              "text": [attribution.summary_text()]})
-
-
-class CADLoadMask(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return _file_schema("CADLoadMask", "Load CAD Mask", "Reads a mask saved by Save CAD Mask.",
                             [_file_input(), _model_check_input()],
                             [CadMask.Output(display_name="mask", tooltip="The loaded mask.")])
-
-    @classmethod
-    def validate_inputs(cls, file):
-        return _file_listed(file)
-
-    @classmethod
-    def fingerprint_inputs(cls, file, **kwargs):
-        return _file_changed(file)
-
-    @classmethod
-    def execute(cls, file, model=None) -> io.NodeOutput:
-        expected = fingerprint_of(model) if model is not None else None
-        mask = load_mask(_resolve(file), expected)
-        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()], "text": [mask.summary_text()]})

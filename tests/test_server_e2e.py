@@ -156,3 +156,11 @@ def test_save_refuses_paths_outside_the_cad_folder(comfy_server):
                                                                   "filename_prefix": "../../escape"}}
     expect_execution_error(comfy_server, graph, "11", "must be a relative name inside models/cad")
     assert not os.path.exists(os.path.join(comfy_server.base_dir, "escape_00001_.safetensors"))
+
+
+def test_load_of_a_file_not_in_the_cad_folder_fails_validation(comfy_server):
+    graph = erase_graph(comfy_server.ckpt_name)
+    graph["6"] = {"class_type": "CADLoadMask", "inputs": {"file": "../../outside.safetensors"}}
+    status, body = comfy_server.post_prompt(graph)
+    assert status == 400
+    assert any("not one of" in e["details"] for e in body["node_errors"]["6"]["errors"])
