@@ -36,7 +36,8 @@ class CADAttribute(io.ComfyNode):
                                tooltip="Classifier-free guidance of the sampled trajectories (reference: 3.0)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Noise seed of the trajectories."),
                 io.Int.Input("samples", default=1, min=1, max=256,
-                             tooltip="Trajectories (or concept images) averaged over. More = steadier scores."),
+                             tooltip="Trajectories averaged over (more = steadier scores). With concept_latent, every "
+                             "image is used at least once."),
                 io.Combo.Input("scope", options=list(SCOPE_PRESETS), default="ff",
                                tooltip="Which weights to score. ff: transformer feed-forward matrices (the paper's "
                                "choice); attention: q/k/v/out projections; all_linear: every 2-D weight; regex: "

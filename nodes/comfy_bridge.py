@@ -179,9 +179,10 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
             plan = TrajectoryPlan(sigmas_dev, parameterization, guidance, schedule, make_noise,
                                   on_progress or (lambda done, total: None))
             given = processed_latent if images is not None else None
+            runs = samples if given is None else max(samples, len(given))  # every concept image counts
             result["attribution"] = attribute(
                 objective, concept, base_fn, plan, ProbedWeights(probes, shapes), accumulator,
-                samples=samples, images=given, fingerprint=fingerprint,
+                samples=runs, images=given, fingerprint=fingerprint,
                 meta={"scope": scope, "scope_regex": scope_regex, "seed": seed,
                       "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
                       "latent_shape": list(latent_image.shape)})

@@ -220,3 +220,13 @@ def test_verify_gap_measures_the_edited_model():
         again = measure_on(mp, POS, BASE, attribution)
     assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
     assert erased != unedited and again == unedited
+
+
+def test_every_concept_image_is_used_even_with_samples_1():
+    mp = tiny_sd15(seed=16)
+    with torch.inference_mode():
+        concept = {"samples": torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))}
+    attribution = node_path(mp, "concept_likelihood", concept_latent=concept)
+    assert attribution.meta["samples"] == 2
+    assert attribution.meta["unet_calls"]["forward_backward"] == 2 * STEPS
+    assert attribution.meta["unet_calls"]["forward_no_grad"] == 0  # given images: no own samples drawn
