@@ -152,9 +152,10 @@ class _AttributionSampler(comfy.samplers.Sampler):
 def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
                     scope_regex="", schedule="single", concept_latent=None, on_progress=None):
     """CAD attribution of `model` for the concept in `positive` against `base`; never modifies `model`."""
-    keys = resolve_scope(patchable_weights(model), scope, scope_regex)
+    available = patchable_weights(model)
+    keys = resolve_scope(available, scope, scope_regex)
+    shapes = dict(available)
     fingerprint = fingerprint_of(model)
-    shapes = dict(patchable_weights(model))
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])[:1]
     images = None
     if concept_latent is not None:
