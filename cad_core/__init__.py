@@ -6,7 +6,7 @@
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
     verify_ablation(), faithfulness()   compare predicted with measured effects
 """
-from .attribution import Attribution, GradientAccumulator, ParameterGradientCapture, attribute
+from .attribution import Attribution, GradientAccumulator, ParameterGradientCapture, attribute, sum_attributions
 from .blocks import block_of
 from .errors import CADError, CADFileError
 from .fingerprint import model_fingerprint

@@ -76,6 +76,24 @@ class Attribution:
         return "\n".join(lines)
 
 
+def sum_attributions(attributions: list["Attribution"]) -> "Attribution":
+    """Scores added key by key: one attribution for several prompts of a concept (e.g. every colour of
+    a shape), or several concepts to erase together."""
+    if not attributions:
+        raise CADError("Nothing to sum: give at least one attribution.")
+    first = attributions[0]
+    for other in attributions[1:]:
+        if other.fingerprint != first.fingerprint:
+            raise CADError(f"These attributions were made for different models ({first.fingerprint} and "
+                           f"{other.fingerprint}); only attributions of the same model can be summed.")
+        if set(other.scores) != set(first.scores):
+            raise CADError("These attributions score different weights (different scopes); attribute them "
+                           "with the same scope to sum them.")
+    scores = {k: sum(a.scores[k] for a in attributions) for k in first.scores}
+    meta = {**first.meta, "summed_from": len(attributions)}
+    return Attribution(scores, first.fingerprint, meta, [p for a in attributions for p in a.points])
+
+
 class GradientAccumulator:
     """fp32 sums of dJ/dw for the scoped weights only, whatever dtype the model computes in."""
 

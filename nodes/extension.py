@@ -5,12 +5,13 @@ from comfy_api.latest import ComfyExtension
 
 from .apply_node import ApplyCADMask
 from .attribute_node import CADAttribute
+from .demo_model_node import CADDemoModel
 from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
 from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
 from .verify_node import CADVerify
 
 NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADVerify,
-         CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask]
+         CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADDemoModel]
 
 
 class CADExtension(ComfyExtension):

@@ -568,3 +568,15 @@ def test_plan_refuses_zero_sigma_before_the_end_and_missing_noise():
         TrajectoryPlan(torch.tensor([2.0, 0.0, 0.0]), ve, make_noise=lambda s, r: torch.zeros(1))
     with pytest.raises(CADError, match="make_noise"):
         TrajectoryPlan(torch.tensor([2.0, 1.0, 0.0]), ve)
+
+
+def test_sum_attributions_adds_scores_and_refuses_mixed_models():
+    from cad_pack.cad_core import Attribution, sum_attributions
+    a = Attribution({"w": torch.tensor([1.0, -2.0])}, "f1", {"objective": "concept_gap"})
+    b = Attribution({"w": torch.tensor([0.5, 3.0])}, "f1", {"objective": "concept_gap"})
+    total = sum_attributions([a, b])
+    assert total.scores["w"].tolist() == [1.5, 1.0] and total.meta["summed_from"] == 2
+    with pytest.raises(CADError, match="different models"):
+        sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f2", {})])
+    with pytest.raises(CADError, match="different weights"):
+        sum_attributions([a, Attribution({"v": torch.zeros(2)}, "f1", {})])

@@ -1,0 +1,1 @@
+"""The toy world: a small text-to-image model the project trains itself (see scripts/toyworld/)."""

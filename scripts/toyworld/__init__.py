@@ -1,0 +1,1 @@
+"""Toy world: procedural captioned images (world.py), exact scorers (scorers.py), training (train.py)."""
