@@ -3,7 +3,7 @@ COMFYUI_PATH ?= $(CURDIR)/.comfyui/ComfyUI
 export COMFYUI_PATH
 PY := .venv/bin/python
 
-.PHONY: setup test demo
+.PHONY: setup test demo bench bench-gpu efficacy
 
 setup:
 	bash scripts/setup_env.sh
@@ -13,3 +13,15 @@ test: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# Attribution cost on the full-size SD1.5 UNet on CPU (~20 min): benchmarks/results/attribution_cost_cpu.md
+bench: setup
+	$(PY) benchmarks/attribution_cost.py
+
+# The same at 512/1024 px, fp16, T=50 on a CUDA GPU (~10 min on an H100): benchmarks/results/gpu_check_*.md
+bench-gpu: setup
+	bash benchmarks/gpu_check.sh
+
+# The toy world's efficacy table (erase/amplify with controls, faithfulness): benchmarks/results/efficacy.md
+efficacy: setup
+	$(PY) benchmarks/efficacy.py

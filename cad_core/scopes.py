@@ -11,8 +11,10 @@ from .errors import CADError
 
 SCOPE_PRESETS = ("ff", "attention", "ff+attention", "all_linear", "regex")
 
-# Per family: regexes for the feed-forward (MLP) and attention projection weights.
-# UNet names are shared by SD1.x, SD2.x and SDXL.
+# Per family: regexes for the feed-forward (MLP) and attention projection weights, written against
+# ComfyUI's own parameter names (checked on models built from comfy.supported_models, tests/family_models.py).
+# UNet names are shared by SD1.x, SD2.x and SDXL. Flux's single-stream blocks fuse attention and MLP in
+# linear1 (qkv + mlp_in) and linear2 (proj + mlp_out); the presets count both as feed-forward.
 _FAMILY_PATTERNS = {
     "unet": {
         "ff": r"\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)\.weight$",
@@ -29,7 +31,16 @@ _FAMILY_PATTERNS = {
 }
 
 
+FAMILY_NAMES = {
+    "unet": "SD1.x / SD2.x / SDXL UNet",
+    "flux": "Flux (double/single-stream DiT)",
+    "mmdit": "SD3 / SD3.5 MMDiT",
+}
+SUPPORTED_FAMILIES = ", ".join(FAMILY_NAMES.values())
+
+
 def detect_family(keys: Iterable[str]) -> str | None:
+    """'unet', 'flux' or 'mmdit' from a model's weight names; None for an architecture without presets."""
     keys = list(keys)
     if any(".input_blocks." in k or k.startswith("input_blocks.") for k in keys):
         return "unet"
@@ -62,16 +73,20 @@ def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: st
         if family is None:
             raise CADError(
                 f"Scope '{scope}' has no preset for this model's architecture (supported families: "
-                f"SD1.x/SD2.x/SDXL UNet, Flux, SD3 MMDiT). Use scope 'all_linear', or scope 'regex' with a "
-                f"pattern over these weight names: {_describe_keys(keys)}")
+                f"{SUPPORTED_FAMILIES}). Use scope 'all_linear', or scope 'regex' with a pattern in "
+                f"scope_regex over these weight names: {_describe_keys(keys)}")
         parts = ("ff", "attention") if scope == "ff+attention" else (scope,)
         pattern = re.compile("|".join(f"(?:{_FAMILY_PATTERNS[family][p]})" for p in parts))
         chosen = [k for k in keys if pattern.search(k) and len(shapes[k]) == 2]
 
     if not chosen:
         detail = f" with pattern '{regex}'" if scope == "regex" else ""
+        if scope in ("ff", "attention", "ff+attention"):
+            detail = f" (preset for {FAMILY_NAMES[family]})"
+        hint = "" if scope == "regex" else \
+            " Pick another scope, or scope 'regex' with a pattern in scope_regex over the names below."
         raise CADError(
-            f"Scope '{scope}'{detail} matched no weights in this model, so there is nothing to attribute. "
+            f"Scope '{scope}'{detail} matched no weights in this model, so there is nothing to attribute.{hint} "
             f"The model has {len(keys)} parameters: {_describe_keys(keys)}")
     return chosen
 

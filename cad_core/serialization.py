@@ -48,9 +48,16 @@ def load_attribution(path: str, expected_fingerprint: str | None = None) -> Attr
 def load_mask(path: str, expected_fingerprint: str | None = None) -> Mask:
     tensors, meta = _read(path, "mask", expected_fingerprint)
     try:
-        shapes = {k: tuple(int(d) for d in s) for k, s in json.loads(meta["raw"]["cad.shapes"]).items()}
+        shapes = _shapes(_strict_json(meta["raw"]["cad.shapes"]))
     except (KeyError, ValueError, TypeError, AttributeError):
-        raise CADFileError(f"{_name(path)}: the mask's 'cad.shapes' metadata is missing or malformed.") from None
+        raise CADFileError(f"{_name(path)}: the mask's 'cad.shapes' metadata is missing or malformed "
+                           f"(expected a JSON object of weight name -> list of non-negative integers).") from None
+    for k, t in tensors.items():
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise CADFileError(f"{_name(path)}: mask entry '{k}' holds {t.dtype} values, expected integer indices.")
+    scoped = meta["meta"].get("scoped_weights")
+    if scoped is not None and (isinstance(scoped, bool) or not isinstance(scoped, int) or scoped < 0):
+        raise CADFileError(f"{_name(path)}: the mask's 'scoped_weights' metadata is {scoped!r}, expected a count.")
     mask = Mask({k: t.long() for k, t in tensors.items()}, shapes, meta["fingerprint"], meta["meta"])
     try:
         mask.check_valid()
@@ -77,6 +84,40 @@ def _jsonable(value):
     return str(value)
 
 
+def _strict_json(text: str):
+    """JSON from a file's metadata, as a JSON parser in the browser would accept it.
+
+    NaN/Infinity (and numbers that overflow to inf) are refused: a summary carrying them would break the
+    UI's JSON. Nesting too deep for the parser is a malformed file, not a RecursionError.
+    """
+    def finite(token):
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite number {token}")
+        return value
+
+    def refuse(token):
+        raise ValueError(f"non-finite number {token}")
+
+    try:
+        return json.loads(text, parse_float=finite, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _shapes(value) -> dict:
+    """{weight name: shape} from 'cad.shapes'; every dimension a non-negative integer."""
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    shapes = {}
+    for key, shape in value.items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise ValueError(f"bad shape for {key}")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
 def _write(path: str, tensors: dict, metadata: dict) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(tensors, path, metadata=metadata)
@@ -89,8 +130,9 @@ def _header(path: str) -> dict:
     try:
         with safe_open(path, framework="pt") as f:
             raw = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CADFileError(f"{_name(path)} is not a readable safetensors file (truncated or another format?): {e}") from None
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any parser failure means "not readable"
+        raise CADFileError(f"{_name(path)} is not a readable safetensors file (truncated or another format?): "
+                           f"{_reason(e)}") from None
     if "cad.kind" not in raw:
         raise CADFileError(f"{_name(path)} is a safetensors file but not a CAD attribution or mask (no 'cad.kind' "
                            f"metadata). Did you pick a checkpoint or LoRA? Save CAD files with the CAD Save nodes.")
@@ -118,16 +160,18 @@ def _read(path: str, kind: str, expected_fingerprint: str | None):
         raise CADFileError(f"{_name(path)} was made for another model (file fingerprint {fingerprint}, this model "
                            f"{expected_fingerprint}). Attribute this model again, or load the checkpoint it was made for.")
     try:
-        meta = json.loads(raw.get("cad.meta", "{}"))
+        meta = _strict_json(raw.get("cad.meta", "{}"))
         if not isinstance(meta, dict):
             raise ValueError
     except ValueError:
-        raise CADFileError(f"{_name(path)} has malformed 'cad.meta' metadata (expected a JSON object).") from None
+        raise CADFileError(f"{_name(path)} has malformed 'cad.meta' metadata (expected a JSON object without "
+                           f"NaN/Infinity).") from None
     try:
         with safe_open(path, framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CADFileError(f"{_name(path)} could not be read completely (truncated or corrupt?): {e}") from None
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any parser failure means "not readable"
+        raise CADFileError(f"{_name(path)} could not be read completely (truncated or corrupt?): "
+                           f"{_reason(e)}") from None
     if not tensors:
         raise CADFileError(f"{_name(path)} holds no tensors; it is not a usable CAD {kind}.")
     return tensors, {"fingerprint": fingerprint, "meta": meta, "raw": raw}
@@ -135,3 +179,10 @@ def _read(path: str, kind: str, expected_fingerprint: str | None):
 
 def _name(path: str) -> str:
     return os.path.basename(path)
+
+
+def _reason(error: Exception) -> str:
+    """The parser's own words; the exception type too where it is not one the parser documents."""
+    if isinstance(error, (SafetensorError, OSError, ValueError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

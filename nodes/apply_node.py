@@ -3,6 +3,7 @@ from comfy_api.latest import io
 
 from .cad_types import CadMask
 from .comfy_bridge import apply_mask
+from .validation import check_numbers, require_numbers
 
 
 class ApplyCADMask(io.ComfyNode):
@@ -23,5 +24,10 @@ class ApplyCADMask(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength):
+        return check_numbers(cls, strength=strength)
+
+    @classmethod
     def execute(cls, model, mask, strength) -> io.NodeOutput:
+        require_numbers(cls, strength=strength)  # a linked strength is only known here; NaN would poison weights
         return io.NodeOutput(apply_mask(model, mask, strength))

@@ -4,8 +4,8 @@ from comfy_api.latest import io
 
 from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
 from .cad_types import CadAttribution
-from .comfy_bridge import attribute_model
-from .validation import check_choices
+from .chunking import attribute_with_budget
+from .validation import check_choices, check_numbers
 
 
 class CADAttribute(io.ComfyNode):
@@ -51,24 +51,30 @@ class CADAttribute(io.ComfyNode):
                 io.Latent.Input("concept_latent", optional=True,
                                 tooltip="concept_likelihood only: latents of images showing the concept (VAE "
                                 "Encode). Without them the model's own samples for the concept are used."),
+                io.Int.Input("memory_budget_mb", default=0, min=0, max=1 << 30, optional=True,
+                             tooltip="Advanced. 0 = no limit. Otherwise the most memory (MB) CAD's own per-weight "
+                             "state may take: 8 bytes per scoped weight (fp32 gradient sum + fp32 weight copy). A "
+                             "larger scope is attributed in chunks, one pass per chunk over the same trajectories "
+                             "(same result, one set of UNet calls per pass). Flux's ff scope needs ~58 GB unchunked."),
             ],
             outputs=[CadAttribution.Output(display_name="attribution",
                                            tooltip="Per-weight scores; connect to CAD Erase/Amplify Mask or Save.")],
         )
 
     @classmethod
-    def validate_inputs(cls, objective, scope, schedule):
-        return check_choices(objective=(objective, OBJECTIVES), scope=(scope, SCOPE_PRESETS),
-                             schedule=(schedule, SCHEDULES))
+    def validate_inputs(cls, objective, scope, schedule, guidance=None):
+        problem = check_choices(objective=(objective, OBJECTIVES), scope=(scope, SCOPE_PRESETS),
+                                schedule=(schedule, SCHEDULES))
+        return problem if problem is not True else check_numbers(cls, guidance=guidance)
 
     @classmethod
     def execute(cls, model, positive, base, latent, objective, steps, guidance, seed, samples, scope, schedule,
-                scope_regex="", concept_latent=None) -> io.NodeOutput:
+                scope_regex="", concept_latent=None, memory_budget_mb=0) -> io.NodeOutput:
         progress = comfy.utils.ProgressBar(steps)
-        attribution = attribute_model(
+        attribution = attribute_with_budget(
             model, positive, base, latent, objective=objective, steps=steps, guidance=guidance, seed=seed,
             samples=samples, scope=scope, scope_regex=scope_regex or "", schedule=schedule,
-            concept_latent=concept_latent,
+            concept_latent=concept_latent, memory_budget_mb=memory_budget_mb or 0,
             on_progress=lambda done, total: progress.update_absolute(done, total))
         return io.NodeOutput(attribution, ui={"cad_summary": [attribution.summary()],
                                               "text": [attribution.summary_text()]})

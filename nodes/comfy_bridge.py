@@ -21,6 +21,7 @@ from ..cad_core import (Attribution, CADError, GradientAccumulator, Mask, Trajec
                         model_fingerprint, resolve_scope, scale_selected, verify_ablation)
 from ..cad_core.trajectory import measure_objective
 from ..cad_core.noise import FlowMatching, VarianceExploding
+from .autograd_safe import ordinary_copies_of_plain_parameters
 
 PREFIX = "diffusion_model."
 SCHEDULER = "normal"
@@ -61,8 +62,33 @@ def check_fingerprint(model, fingerprint: str, what: str) -> None:
 
 
 def parameterization_of(model):
+    """How sampling mixes noise into latents, which the objectives need to recover eps from x0.
+
+    apply_model returns x0 for every prediction type, so only the noising form matters: eps, v, EDM and
+    x0 models (comfy.model_sampling.EPS and subclasses) use x_t = x0 + sigma*eps; rectified-flow models
+    (CONST: SD3, Flux, AuraFlow, ...) use x_t = (1-sigma)*x0 + sigma*eps. Other model_sampling classes are
+    identified from their own noise_scaling; one that is neither form is refused rather than guessed.
+    """
     ms = model.get_model_object("model_sampling")
-    return FlowMatching() if isinstance(ms, comfy.model_sampling.CONST) else VarianceExploding()
+    if isinstance(ms, comfy.model_sampling.CONST):
+        return FlowMatching()
+    if isinstance(ms, comfy.model_sampling.EPS):
+        return VarianceExploding()
+    sigma, one, zero = torch.tensor([0.5]), torch.ones((1, 1)), torch.zeros((1, 1))
+    try:
+        with torch.no_grad():
+            noise_part = float(ms.noise_scaling(sigma, one.clone(), zero.clone(), False).reshape(-1)[0])
+            image_part = float(ms.noise_scaling(sigma, zero.clone(), one.clone(), False).reshape(-1)[0])
+    except Exception:  # noqa: BLE001 - any failure means the form is unknown
+        noise_part = image_part = float("nan")
+    if abs(noise_part - 0.5) < 1e-6 and abs(image_part - 1.0) < 1e-6:
+        return VarianceExploding()
+    if abs(noise_part - 0.5) < 1e-6 and abs(image_part - 0.5) < 1e-6:
+        return FlowMatching()
+    raise CADError(
+        f"CAD cannot attribute this model: its sampling type ({type(ms).__name__}) mixes noise into latents "
+        f"neither as x0 + sigma*eps (eps/v-prediction: SD1.x, SD2.x, SDXL) nor as (1-sigma)*x0 + sigma*eps "
+        f"(flow matching: SD3, Flux), so the objectives cannot recover the predicted noise.")
 
 
 # --- gradient probes ------------------------------------------------------------------------------
@@ -145,8 +171,10 @@ class _AttributionSampler(comfy.samplers.Sampler):
                 return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
             return predict
 
-        # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward.
-        return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
+        # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward; so
+        # are the parameters outside comfy ops (DiT RMSNorm scales), which no weight wrapper reaches.
+        with ordinary_copies_of_plain_parameters(inner.diffusion_model):
+            return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
 
 
 def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
@@ -173,8 +201,9 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
 
         def run(concept, base_fn, sigmas_dev, noise, processed_latent):
             def make_noise(sample, restart):
-                # Sample 0's first trajectory uses the seed itself, as KSampler would.
-                g = torch.Generator().manual_seed(seed + sample + 100_003 * restart)
+                # Sample 0's first trajectory uses the seed itself, as KSampler would. Wrapped to 64 bits:
+                # the widget allows seeds up to 2**64 - 1, which torch refuses to go past.
+                g = torch.Generator().manual_seed((seed + sample + 100_003 * restart) % 2**64)
                 return torch.randn((1, *noise.shape[1:]), generator=g).to(noise)
 
             plan = TrajectoryPlan(sigmas_dev, parameterization, guidance, schedule, make_noise,

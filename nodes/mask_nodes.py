@@ -4,7 +4,7 @@ from comfy_api.latest import io
 from ..cad_core import GRANULARITIES, select_components, union
 from ..cad_core import protect as keep_protected
 from .cad_types import CadAttribution, CadMask
-from .validation import check_choices
+from .validation import check_choices, check_numbers
 
 _GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries (the reference's default; rows "
                     "narrower than 1/ratio select nothing). per_matrix: int(ratio * size) per weight matrix. "
@@ -38,8 +38,9 @@ class CADEraseMask(io.ComfyNode):
             "Fraction of weights to select (0.001 = 0.1%, the reference default). Only positive scores qualify.")
 
     @classmethod
-    def validate_inputs(cls, granularity):
-        return check_choices(granularity=(granularity, GRANULARITIES))
+    def validate_inputs(cls, granularity, ratio=None):
+        problem = check_choices(granularity=(granularity, GRANULARITIES))
+        return problem if problem is not True else check_numbers(cls, ratio=ratio)
 
     @classmethod
     def execute(cls, attribution, ratio, granularity, protect=None) -> io.NodeOutput:

@@ -3,6 +3,7 @@ from comfy_api.latest import io
 
 from .cad_types import CadAttribution, CadMask
 from .comfy_bridge import verify_on
+from .validation import check_numbers, require_numbers
 
 
 class CADVerify(io.ComfyNode):
@@ -26,7 +27,12 @@ class CADVerify(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength):
+        return check_numbers(cls, strength=strength)
+
+    @classmethod
     def execute(cls, model, positive, base, attribution, mask, strength) -> io.NodeOutput:
+        require_numbers(cls, strength=strength)
         check = verify_on(model, positive, base, attribution, mask, strength)
         report = (f"Ablating {check.selected:,} weights (strength {strength}): J {check.objective_before:.6g} -> "
                   f"{check.objective_after:.6g}; measured change {check.measured_change:.6g}, "

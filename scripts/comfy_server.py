@@ -158,6 +158,18 @@ class ComfyServer:
     def history(self, prompt_id):
         return self._json(f"/history/{prompt_id}")[1].get(prompt_id)
 
+    def wait(self, prompt_id, timeout=300):
+        """The /history entry of a queued prompt once it has finished (poll; for prompts queued back-to-back)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            entry = self.history(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                return entry
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s; log tail:\n{self.log_tail()}")
+
     def object_info(self, node_class=None):
         return self._json("/object_info" + (f"/{node_class}" if node_class else ""))[1]
 
@@ -181,10 +193,11 @@ class ComfyServer:
         return "\n".join(self.log_text().splitlines()[-n:])
 
     # -- run a prompt to completion -------------------------------------------------
-    def run(self, api_graph, timeout=300):
+    def run(self, api_graph, timeout=300, on_message=None):
         """Queue `api_graph` and follow it over the websocket until it finishes.
 
-        The socket is opened before posting so no message of this prompt is missed."""
+        The socket is opened before posting so no message of this prompt is missed. `on_message(msg)`,
+        if given, sees each of this prompt's messages as it arrives (e.g. to POST /interrupt mid-run)."""
         import websocket  # websocket-client
 
         client_id = uuid.uuid4().hex
@@ -210,6 +223,8 @@ class ComfyServer:
                 if data.get("prompt_id") not in (None, prompt_id):
                     continue
                 messages.append(msg)
+                if on_message is not None:
+                    on_message(msg)
                 kind = msg.get("type")
                 if kind == "execution_error":
                     status, error = "error", data

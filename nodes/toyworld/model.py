@@ -1,6 +1,8 @@
 """The toy text-to-image model, built from ComfyUI's own classes so CAD sees real SD layer names.
 
 - UNet: ComfyUI's SD UNetModel (spatial transformers with GEGLU `.ff.` and cross-attention), small.
+  It must be at least as wide (64) as the latent has channels (48): at width 32 the first conv was a
+  bottleneck and the noise prediction never got below MSE 0.39.
 - Text encoder: ComfyUI's CLIP text model at a tiny width, driven by the bundled SD1 tokenizer, so the
   ordinary CLIP Text Encode node works on it.
 - "VAE": none is needed for 32 px images. The latent is the image itself, 4x4 pixel-unshuffled
@@ -35,8 +37,8 @@ UNET_PREFIX, TEXT_PREFIX = "model.diffusion_model.", "text_encoder."
 
 UNET_CONFIG = {
     "use_checkpoint": False, "image_size": LATENT_SIZE, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "model_channels": 32,
-    "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+    "adm_in_channels": None, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "model_channels": 64,
+    "num_res_blocks": [1, 1], "channel_mult": [1, 1], "transformer_depth": [1, 1],
     "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
     "context_dim": CONTEXT_DIM, "use_temporal_resblock": False, "use_temporal_attention": False,
 }
@@ -51,7 +53,7 @@ TEXT_CONFIG = {
 
 
 class ToyOps(comfy.ops.disable_weight_init):
-    """ComfyUI's UNet asks for 32 GroupNorm groups; at 32 channels that is a per-channel norm, which
+    """ComfyUI's UNet asks for 32 GroupNorm groups; at this width that is a near per-channel norm, which
     gave checkerboard samples in the prototype. 8 groups do not."""
 
     class GroupNorm(comfy.ops.disable_weight_init.GroupNorm):
@@ -120,8 +122,10 @@ def latent_to_image(latent: torch.Tensor) -> torch.Tensor:
 
 def build_unet(device="cpu"):
     """A BaseModel around the toy UNet, weights uninitialised (ComfyUI ops skip init)."""
-    return comfy.model_base.BaseModel(ToyWorldConfig(dict(UNET_CONFIG)), model_type=comfy.model_base.ModelType.EPS,
-                                      device=torch.device(device))
+    # v-prediction: with eps-prediction, a small systematic noise error at high sigma accumulated over
+    # the sampling steps into visibly noisy images; v keeps the x0 error bounded there.
+    return comfy.model_base.BaseModel(ToyWorldConfig(dict(UNET_CONFIG)),
+                                      model_type=comfy.model_base.ModelType.V_PREDICTION, device=torch.device(device))
 
 
 def build_text_encoder():

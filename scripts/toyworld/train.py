@@ -109,7 +109,9 @@ def train(steps: int, seed: int, batch_size: int, lr: float, out: str, log_every
         eps = torch.randn(x0.shape, generator=gen)
         x_t = x0 + sigma.view(-1, 1, 1, 1) * eps
         x0_hat = base.apply_model(x_t, sigma, c_crossattn=context)
-        loss = F.mse_loss((x_t - x0_hat) / sigma.view(-1, 1, 1, 1), eps)
+        # the v-prediction loss, written on x0: |v_hat - v| = |x0_hat - x0| * sqrt(sigma^2 + 1) / sigma
+        weight = (sigma ** 2 + 1) / sigma ** 2
+        loss = ((x0_hat - x0) ** 2 * weight.view(-1, 1, 1, 1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -120,7 +122,7 @@ def train(steps: int, seed: int, batch_size: int, lr: float, out: str, log_every
         with torch.no_grad():
             for e, p in zip(ema, params):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if (step + 1) % log_every == 0:
             print(f"step {step + 1}/{steps} loss {np.mean(history[-log_every:]):.4f} "
                   f"({time.time() - started:.0f}s)", flush=True)

@@ -1,0 +1,379 @@
+"""Cost of CAD attribution on the full-size SD1.5 UNet architecture (random weights, fp32, CPU).
+
+    .venv/bin/python benchmarks/attribution_cost.py [--steps 10 25 50] [--latent 8] [--max-minutes 20]
+    make bench
+
+Measures, in one run, through the node path (comfy_bridge.attribute_model on a ModelPatcher):
+  1. UNet calls of the pack's `single` schedule and of the reference's restart-per-step `reference`
+     schedule at each T, as cad_core counts them (attribution.meta["unet_calls"], batch-1 calls), and wall
+     time. Call counts for every T come from cad_core's own visiting loop (run with a zero-cost stand-in
+     denoiser, and checked against every real run). Wall time is measured for the runs that fit the time
+     budget; the others are extrapolated from per-call costs fitted on measured runs, and marked so.
+  2. Peak RSS during attribution, split into weights, CAD's scoped state (fp32 gradient sums + fp32 weight
+     copies) and the rest (activations and the cast weight copies autograd keeps for backward).
+  3. The cost of a memory budget (chunked passes) against one pass, and that both give the same alpha.
+  4. Apply cost: building an erase mask and applying it (and ComfyUI patching the weights at load), and
+     sampling speed with vs without the mask.
+  5. Sizes of the saved attribution and mask files (SD1.5 measured; SDXL computed from its real shapes).
+The table goes to stdout and to benchmarks/results/<name>.md.
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+
+def stub_counts(steps, schedule, objective="concept_gap"):
+    """cad_core's UNet call counts for a schedule, from its own visiting loop with a free denoiser."""
+    import torch
+    from cad_pack.cad_core import GradientAccumulator, TrajectoryPlan, VarianceExploding, attribute
+    w = torch.nn.Parameter(torch.ones(()))
+
+    def denoise(x, sigma):
+        return x * w * 0.5
+
+    sigmas = torch.linspace(10.0, 0.0, steps + 1)
+    plan = TrajectoryPlan(sigmas, VarianceExploding(), 3.0, schedule, lambda s, r: torch.randn(1, 1))
+    acc = GradientAccumulator({"w": ()})
+    with torch.enable_grad():
+        handle = w.register_hook(lambda g: acc.add("w", g))
+        try:
+            a = attribute(objective, denoise, denoise, plan, {"w": w}, acc)
+        finally:
+            handle.remove()
+    calls = a.meta["unet_calls"]
+    return {"forward_backward": calls["forward_backward"], "forward_no_grad": calls["forward_no_grad"]}
+
+
+class StepClock:
+    """Progress callback recording when each unit of work (one guided step or one visit) finished."""
+
+    def __init__(self):
+        self.stamps = []
+
+    def __call__(self, done, total):
+        self.stamps.append(time.perf_counter())
+
+
+def unit_kinds(steps, schedule):
+    """The order of cad_core's progress units: a `visit` is one forward+backward of the concept plus one
+    no-grad base forward; a `guided` step (reference schedule only) is two no-grad forwards."""
+    if schedule == "single":
+        return ["visit"] * steps
+    kinds = []
+    for i in range(steps):
+        kinds += ["guided"] * i + ["visit"]
+    return kinds
+
+
+class CostModel:
+    """Per-unit costs from the medians of individually timed units (robust to load bursts from other jobs),
+    plus a fixed per-run overhead; predicts the wall time of a schedule at any T."""
+
+    def __init__(self, runs):
+        samples = {"visit": [], "guided": []}
+        # Unit costs come from reference runs, where visits and guided steps alternate in time, so load from
+        # other jobs weighs on both alike; single runs only count when no reference run was measured.
+        timed_runs = [r for r in runs if r["schedule"] == "reference"] or list(runs)
+        for r in timed_runs:
+            kinds = unit_kinds(r["steps"], r["schedule"])
+            stamps = r["stamps"]
+            assert len(stamps) == len(kinds), (len(stamps), len(kinds))
+            for k in range(1, len(kinds)):  # unit 0 also carries the run's set-up
+                samples[kinds[k]].append(stamps[k] - stamps[k - 1])
+        self.visit = statistics.median(samples["visit"])
+        self.guided = statistics.median(samples["guided"]) if samples["guided"] else float("nan")
+        self.samples = {k: len(v) for k, v in samples.items()}
+        self.fastest = {k: min(v) if v else float("nan") for k, v in samples.items()}
+        self.fixed = max(0.0, statistics.median(r["seconds"] - self.units(r["steps"], r["schedule"]) for r in runs))
+
+    def units(self, steps, schedule):
+        guided = steps * (steps - 1) / 2 if schedule == "reference" else 0
+        return steps * self.visit + guided * self.guided
+
+    def predict(self, steps, schedule):
+        return self.fixed + self.units(steps, schedule)
+
+    @property
+    def no_grad_forward(self):
+        return self.guided / 2
+
+    @property
+    def forward_backward(self):
+        return self.visit - self.no_grad_forward
+
+    def describe(self):
+        return (f"visit (fwd+bwd + base fwd) {self.visit:.2f} s [median of {self.samples['visit']}], guided step "
+                f"(2 no-grad fwd) {self.guided:.2f} s [median of {self.samples['guided']}], fixed {self.fixed:.1f} s "
+                f"per run; i.e. forward+backward {self.forward_backward:.2f} s, no-grad forward {self.no_grad_forward:.2f} s "
+                f"(fastest units: visit {self.fastest['visit']:.2f} s, guided step {self.fastest['guided']:.2f} s)")
+
+
+def attribute(mp, pos, neg, latent_px, steps, schedule, clock=None, **kw):
+    import torch
+    from cad_pack.nodes.chunking import attribute_with_budget
+    with torch.inference_mode(), C.PeakRSS() as mem:
+        attribution, seconds = C.timed(
+            attribute_with_budget, mp, pos, neg, C.empty_latent(latent_px), objective="concept_gap", steps=steps,
+            guidance=3.0, seed=0, samples=1, scope="ff", schedule=schedule, on_progress=clock, **kw)
+    return attribution, seconds, mem
+
+
+def sample_seconds(mp, pos, neg, latent_px, steps):
+    import torch
+    import comfy.sample
+    with torch.inference_mode():
+        latent = C.empty_latent(latent_px)["samples"]
+        noise = comfy.sample.prepare_noise(latent, 1)
+        _, seconds = C.timed(comfy.sample.sample, mp, noise, steps, 7.5, "euler", "normal", pos, neg, latent,
+                             seed=1, disable_pbar=True)
+    return seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    ap.add_argument("--latent", type=int, default=8, help="latent side (8 = 64 px)")
+    ap.add_argument("--max-minutes", type=float, default=14.0,
+                    help="budget for the timed attribution runs (the whole script takes ~6 min more)")
+    ap.add_argument("--calibration-steps", type=int, default=5,
+                    help="T of the reference run whose interleaved visits and guided steps give the unit costs")
+    ap.add_argument("--memory-steps", type=int, default=2, help="T of the single run used for memory and masks")
+    ap.add_argument("--sample-steps", type=int, default=1)
+    ap.add_argument("--sample-repeats", type=int, default=4)
+    ap.add_argument("--chunk-steps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--name", default="attribution_cost_cpu")
+    ap.add_argument("--tiny", action="store_true", help="dry run on a reduced SD1.5 (checks the script, not a benchmark)")
+    args = ap.parse_args()
+
+    C.setup(cpu=True)
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import comfy.model_management as mm
+    from cad_pack.cad_core import resolve_scope, save_attribution, save_mask, select_components
+    from cad_pack.cad_core.budget import BYTES_PER_SCOPED_WEIGHT, MB
+    from cad_pack.nodes.comfy_bridge import apply_mask, patchable_weights
+
+    started = time.perf_counter()
+    deadline = started + args.max_minutes * 60
+    log = lambda *a: print(f"[{time.perf_counter() - started:7.1f}s]", *a, flush=True)  # noqa: E731
+    info = C.machine()
+    log("machine", info)
+
+    # 1. exact call counts from cad_core
+    counts = {(t, s): stub_counts(t, s) for t in sorted(set(args.steps + [args.calibration_steps, args.memory_steps]))
+              for s in ("single", "reference")}
+
+    # 2. the model
+    rss0 = C.rss()
+    mp, build_s = C.timed(C.build_unet, "sd15", torch.float32, tiny=args.tiny)
+    rss_model = C.rss()
+    params = sum(p.numel() for p in mp.model.diffusion_model.parameters())
+    scope = resolve_scope(patchable_weights(mp), "ff")
+    shapes = dict(patchable_weights(mp))
+    scoped = sum(math.prod(shapes[k]) for k in scope)
+    log(f"SD1.5 UNet built in {build_s:.1f}s: {params:,} params, ff scope {len(scope)} matrices, {scoped:,} weights")
+    pos, neg = C.conditioning("sd15", 1, args.latent * 8), C.conditioning("sd15", 2, args.latent * 8)
+
+    # plain forward (what one sampling call of one prompt costs)
+    with torch.inference_mode():
+        mm.load_models_gpu([mp])
+        x = torch.randn((1, 4, args.latent, args.latent))
+        mp.model.apply_model(x, torch.tensor([5.0]), c_crossattn=pos[0][0])
+        _, plain_fwd = C.timed(mp.model.apply_model, x, torch.tensor([5.0]), c_crossattn=pos[0][0])
+    log(f"plain forward {plain_fwd:.2f}s")
+
+    # 3. calibration runs (always measured) and any schedule runs that fit the budget
+    runs = {}
+
+    def measure(t, schedule):
+        clock = StepClock()
+        a, seconds, mem = attribute(mp, pos, neg, args.latent, t, schedule, clock=clock)
+        calls = {k: a.meta["unet_calls"][k] for k in ("forward_backward", "forward_no_grad")}
+        assert calls == counts[(t, schedule)], (calls, counts[(t, schedule)])
+        runs[(t, schedule)] = {"seconds": seconds, "calls": calls, "peak": mem.peak, "start": mem.start,
+                               "steps": t, "schedule": schedule, "stamps": clock.stamps}
+        log(f"{schedule:9s} T={t:3d}: {seconds:8.1f}s  calls {calls}  peak RSS {C.mib(mem.peak)}")
+        return a
+
+    calib = measure(args.memory_steps, "single")            # also warms up allocator and caches
+    measure(args.calibration_steps, "reference")
+    assert all(p.grad is None and not p.requires_grad for p in mp.model.parameters())  # no buffers outside scope
+    cost = CostModel(list(runs.values()))
+    log("unit costs:", cost.describe())
+
+    for t in sorted(args.steps):
+        for schedule in ("single", "reference"):
+            if (t, schedule) in runs:
+                continue
+            if time.perf_counter() + cost.predict(t, schedule) * 1.15 < deadline:
+                measure(t, schedule)
+                cost = CostModel(list(runs.values()))
+                log("unit costs:", cost.describe())
+            else:
+                log(f"{schedule:9s} T={t:3d}: predicted {cost.predict(t, schedule):.0f}s does not fit the budget; "
+                    f"extrapolated")
+    predicted = cost.predict
+
+    # 4. memory breakdown (single schedule, calibration run)
+    weights_bytes = params * 4
+    cad_state = scoped * BYTES_PER_SCOPED_WEIGHT
+    single_peak = runs[(args.memory_steps, "single")]["peak"]
+    rest = single_peak - rss_model - cad_state
+
+    # 5. chunking cost: the same attribution in one pass and under budgets that force 2 and 4 passes
+    t_chunk = args.chunk_steps
+    whole, whole_s, whole_mem = attribute(mp, pos, neg, args.latent, t_chunk, "single")
+    chunk_rows = [["one pass (no budget)", f"{C.mib(cad_state)}", whole.meta["unet_calls"]["forward_backward"],
+                   f"{whole_s:.1f} s", f"{C.mib(whole_mem.peak)}", "-"]]
+    for fraction in (0.55, 0.3):
+        budget_mb = round(cad_state / MB * fraction, 1)
+        chunked, chunk_s, chunk_mem = attribute(mp, pos, neg, args.latent, t_chunk, "single", memory_budget_mb=budget_mb)
+        diff = max(float((chunked.scores[k] - s).abs().max() / s.abs().max().clamp_min(1e-30))
+                   for k, s in whole.scores.items())
+        passes = chunked.meta.get("passes", 1)
+        log(f"chunked ({passes} passes, budget {budget_mb} MB) {chunk_s:.1f}s vs {whole_s:.1f}s; max rel diff {diff:.2e}")
+        chunk_rows.append([f"memory_budget_mb={budget_mb:g}: {passes} passes", f"{chunked.meta['peak_scope_mb']:,.0f} MiB",
+                           chunked.meta["unet_calls"]["forward_backward"], f"{chunk_s:.1f} s ({chunk_s / whole_s:.2f}x)",
+                           f"{C.mib(chunk_mem.peak)}", f"{diff:.1e}"])
+        del chunked
+    del whole
+
+    # 6. apply cost, file sizes
+    ratio = 0.05 if args.tiny else 0.001   # per_row at 0.001 selects nothing in rows narrower than 1000
+    mask, select_s = C.timed(select_components, calib, "erase", ratio, "per_row")
+    patched, apply_s = C.timed(apply_mask, mp, mask, 1.0)
+    with torch.inference_mode():
+        _, patch_s = C.timed(mm.load_models_gpu, [patched], force_full_load=True)
+    log(f"mask: {mask.count:,} weights; select {select_s:.2f}s, apply {apply_s:.3f}s, patch at load {patch_s:.2f}s")
+    with tempfile.TemporaryDirectory() as tmp:
+        a_path = save_attribution(calib, os.path.join(tmp, "a.safetensors"))
+        m_path = save_mask(mask, os.path.join(tmp, "m.safetensors"))
+        a_size, m_size = os.path.getsize(a_path), os.path.getsize(m_path)
+    a_header = a_size - 4 * scoped
+    m_header = m_size - 4 * mask.count
+
+    # 7. sampling with vs without the mask, steady state: a model is loaded (and patched) by its first call,
+    # then timed on repeated calls; the two are interleaved so load from other jobs hits both alike
+    plain_t, masked_t = [], []
+    for _ in range(args.sample_repeats):
+        sample_seconds(mp, pos, neg, args.latent, args.sample_steps)          # (re)load: unpatch
+        plain_t += [sample_seconds(mp, pos, neg, args.latent, args.sample_steps) for _ in range(2)]
+        sample_seconds(patched, pos, neg, args.latent, args.sample_steps)     # (re)load: patch
+        masked_t += [sample_seconds(patched, pos, neg, args.latent, args.sample_steps) for _ in range(2)]
+    plain_med, masked_med = statistics.median(plain_t), statistics.median(masked_t)
+    plain_min, masked_min = min(plain_t), min(masked_t)
+    log(f"sampling {args.sample_steps} steps: plain {plain_t}, masked {masked_t}")
+
+    # 8. SDXL sizes from the real shapes (no allocation); SD1.5 computed the same way as a check
+    sizes = {}
+    for family in ("sd15", "sdxl"):
+        named = C.meta_unet_shapes(family)
+        ff = resolve_scope(named, "ff")
+        ff_shapes = [dict(named)[k] for k in ff]
+        n_ff = sum(math.prod(s) for s in ff_shapes)
+        n_all = sum(math.prod(s) for _, s in named)
+        n_sel = C.count_selected_per_row(list(zip(ff, ff_shapes)), ratio)
+        sizes[family] = {"params": n_all, "ff": n_ff, "matrices": len(ff),
+                         "attribution": 4 * n_ff + a_header * len(ff) / len(scope), "mask_max": 4 * n_sel + m_header,
+                         "selected_max": n_sel}
+    log("sizes", sizes)
+
+    # ---------------------------------------------------------------------------------------- report
+    total_minutes = (time.perf_counter() - started) / 60
+    rows = []
+    for t in sorted(args.steps):
+        cells = []
+        for schedule in ("single", "reference"):
+            c = counts[(t, schedule)]
+            if (t, schedule) in runs:
+                wall = f"{runs[(t, schedule)]['seconds']:.0f} s (measured)"
+                value = runs[(t, schedule)]["seconds"]
+            else:
+                value = predicted(t, schedule)
+                wall = f"~{value:.0f} s (extrapolated)"
+            cells.append((c, wall, value))
+        (cs, ws, vs), (cr, wr, vr) = cells
+        calls_s = cs["forward_backward"] + cs["forward_no_grad"]
+        calls_r = cr["forward_backward"] + cr["forward_no_grad"]
+        passes_s = 2 * cs["forward_backward"] + cs["forward_no_grad"]
+        passes_r = 2 * cr["forward_backward"] + cr["forward_no_grad"]
+        rows.append([t, f"{cs['forward_backward']} + {cs['forward_no_grad']}", f"{cr['forward_backward']} + {cr['forward_no_grad']}",
+                     f"{calls_r / calls_s:.1f}x", f"{passes_r / passes_s:.1f}x", ws, wr, f"{vr / vs:.1f}x"])
+    schedule_table = C.table(
+        ["T", "single: fwd+bwd + fwd calls", "reference: fwd+bwd + fwd calls", "calls ratio",
+         "fwd+bwd passes ratio", "single wall", "reference wall", "wall ratio"], rows)
+
+    memory_table = C.table(["", "size"], [
+        ["process before the model", C.mib(rss0)],
+        [f"model weights (fp32, {params / 1e6:.1f}M params; RSS growth at build)",
+         f"{C.mib(weights_bytes)} ({C.mib(rss_model - rss0)})"],
+        ["CAD scoped state: fp32 gradient sums + fp32 weight copies (ff scope, 8 B/weight)", C.mib(cad_state)],
+        [f"peak RSS, single schedule T={args.memory_steps}", C.mib(single_peak)],
+        ["rest: activations + cast weight copies autograd holds for backward", C.mib(rest)],
+        ["gradient buffers outside the scope", "none (no parameter has .grad or requires_grad after the run)"],
+    ])
+    apply_table = C.table(["step", "time"], [
+        [f"build erase mask (per_row, ratio {ratio}): {mask.count:,} weights", f"{select_s:.2f} s"],
+        ["Apply CAD Mask (clone + add_patches, fingerprint check)", f"{apply_s:.3f} s"],
+        ["ComfyUI patching the weights at the next load (once per model switch)", f"{patch_s:.2f} s"],
+        [f"sampling {args.sample_steps} step(s) (cfg 7.5, euler), {len(plain_t)} timed calls each, median / min: "
+         f"without mask", f"{plain_med:.2f} s / {plain_min:.2f} s"],
+        ["... with mask", f"{masked_med:.2f} s ({100 * (masked_med / plain_med - 1):+.1f}%) / {masked_min:.2f} s "
+                          f"({100 * (masked_min / plain_min - 1):+.1f}%)"],
+    ])
+    ckpt16 = params * 2
+    files_table = C.table(["file (safetensors + JSON metadata)", "SD1.5", "SDXL"], [
+        ["UNet checkpoint, fp16 / fp32 (for comparison)", f"{C.mib(ckpt16)} / {C.mib(2 * ckpt16)}",
+         f"{C.mib(sizes['sdxl']['params'] * 2)} / {C.mib(sizes['sdxl']['params'] * 4)}"],
+        ["attribution, ff scope (fp32 score per weight)",
+         f"{C.mib(a_size)} measured ({sizes['sd15']['ff']:,} scores)",
+         f"{C.mib(sizes['sdxl']['attribution'])} computed ({sizes['sdxl']['ff']:,} scores)"],
+        [f"erase mask, per_row ratio {ratio} (int32 flat indices)",
+         f"{m_size / 1024:,.0f} KiB measured ({mask.count:,} indices)",
+         f"<= {sizes['sdxl']['mask_max'] / 1024:,.0f} KiB computed (<= {sizes['sdxl']['selected_max']:,} indices)"],
+    ])
+    chunk_table = C.table([f"single, T={t_chunk}", "CAD state per pass", "fwd+bwd calls", "wall", "peak RSS",
+                           "alpha: max rel. diff to one pass"], chunk_rows)
+    header = (f"# CAD attribution cost: {'REDUCED (dry run, --tiny)' if args.tiny else 'full-size'} SD1.5 UNet, CPU\n\n"
+              f"Machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
+              f"{info['ram_gib']} GiB RAM; Python {info['python']}, torch {info['torch']}, ComfyUI {info['comfyui']}. "
+              f"Load average at start {info['load_average']} (the machine was shared with other jobs, so wall "
+              f"times are noisy). Model: ComfyUI's SD1.5 UNet configuration (comfy.supported_models.SD15), random "
+              f"weights, fp32, latent {args.latent}x{args.latent} ({args.latent * 8} px), scope ff "
+              f"({len(scope)} matrices, {scoped:,} weights), objective concept_gap, guidance 3. Run took "
+              f"{total_minutes:.1f} min.\n")
+    notes = (f"Calls are batch-1 UNet calls as cad_core counts them (`attribution.meta[\"unet_calls\"]`): "
+             f"`single` does T forward+backward passes of the concept branch and T no-grad base passes; "
+             f"`reference` restarts a trajectory for every visited step (T(T-1)/2 guided steps of 2 calls each, "
+             f"plus the T visits). The counts for every T are cad_core's own (its visiting loop run with a free "
+             f"stand-in denoiser) and equal the counts of every measured run. 'fwd+bwd passes ratio' counts a "
+             f"backward as one more pass. Extrapolated wall times use unit costs from the measured runs "
+             f"(medians of the individually timed steps, robust to load bursts): {cost.describe()}. A plain ComfyUI "
+             f"forward of this model (no probes) took {plain_fwd:.1f} s.\n")
+    report = "\n".join([header, "## Single vs reference schedule\n", schedule_table, "", notes,
+                        "## Peak memory (RSS)\n", memory_table, "",
+                        "## Memory budget (chunked passes)\n", chunk_table, "",
+                        "## Apply cost and sampling overhead\n", apply_table, "",
+                        "## File sizes\n", files_table, "",
+                        "SDXL sizes are computed from its real layer shapes (built on the meta device) with the "
+                        "per-file overhead measured on SD1.5; the mask size is an upper bound (every picked score "
+                        "positive).\n"])
+    print("\n" + report)
+    os.makedirs(C.RESULTS, exist_ok=True)
+    path = os.path.join(C.RESULTS, f"{args.name}.md")
+    with open(path, "w") as f:
+        f.write(report)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

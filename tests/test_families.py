@@ -1,0 +1,220 @@
+"""Every supported family on reduced random models built from ComfyUI's own classes (family_models.py):
+SD1.x eps, SD2.x v-prediction, SDXL (ADM y), SD3 MMDiT (flow), Flux (double/single stream, guidance).
+
+For each: the scope presets find the family's weights under ComfyUI's real parameter names, the node
+path (probes under inference mode, CFGGuider conditioning) gives the same alpha as plain autograd
+through BaseModel.apply_model with the conditioning the family's sampling path builds, masks patch and
+unpatch bit-exactly, and attribution leaves the shared model as it found it. An architecture without
+presets gets a clear error, and the regex scope still works on it.
+"""
+import re
+
+import pytest
+import torch
+
+import comfy.model_base
+import comfy.model_sampling
+from cad_pack.cad_core import CADError, FlowMatching, VarianceExploding, resolve_scope, select_components
+from cad_pack.cad_core.scopes import detect_family
+from cad_pack.nodes.chunking import attribute_with_budget
+from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
+
+from family_models import (EXPECTED, FAMILIES, build, check_mask_round_trip, conditioning, empty_latent,
+                           plain_autograd_alpha)
+
+STEPS, SEED, GUIDANCE = 3, 7, 3.0
+SCALE = 0.1  # init scale: large enough that J (and every gradient) is far from fp32 noise
+
+
+def node_path(mp, family, objective="concept_gap", scope="ff", **kw):
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), empty_latent(),
+                               objective=objective, steps=STEPS, guidance=GUIDANCE, seed=SEED, samples=1,
+                               scope=scope, **kw)
+
+
+# --------------------------------------------------------------------------------------------- scopes
+PRESET_NAMES = {  # what each preset must select, written independently of cad_core's regexes
+    "unet": {"ff": ("ff.net.0.proj.weight", "ff.net.2.weight"),
+             "attention": tuple(f"{a}.{p}.weight" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0"))},
+    "flux": {"ff": ("img_mlp.0.weight", "img_mlp.2.weight", "txt_mlp.0.weight", "txt_mlp.2.weight",
+                    "linear1.weight", "linear2.weight"),
+             "attention": ("img_attn.qkv.weight", "img_attn.proj.weight", "txt_attn.qkv.weight", "txt_attn.proj.weight")},
+    "mmdit": {"ff": ("mlp.fc1.weight", "mlp.fc2.weight"),
+              "attention": ("attn.qkv.weight", "attn.proj.weight", "attn2.qkv.weight", "attn2.proj.weight")},
+}
+FAMILY_OF = {"sd15": "unet", "sd2v": "unet", "sdxl": "unet", "sd3": "mmdit", "flux": "flux"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scope_presets_find_the_family_weights(family):
+    mp = build(family, seed=0)
+    available = patchable_weights(mp)
+    keys = [k for k, _ in available]
+    assert detect_family(keys) == FAMILY_OF[family]
+    names = PRESET_NAMES[FAMILY_OF[family]]
+    for preset in ("ff", "attention"):
+        chosen = resolve_scope(available, preset)
+        expected = [k for k in keys if k.endswith(names[preset])]
+        assert chosen == expected and len(chosen) == EXPECTED[family][preset], preset
+    both = resolve_scope(available, "ff+attention")
+    assert set(both) == set(resolve_scope(available, "ff")) | set(resolve_scope(available, "attention"))
+    linear = resolve_scope(available, "all_linear")
+    assert set(both) < set(linear) and all(len(dict(available)[k]) == 2 for k in linear)
+    # embeddings, modulation and output layers are never in the ff/attention presets
+    assert not any(re.search(r"(time_embed|label_emb|t_embedder|y_embedder|time_in|vector_in|guidance_in|_mod\.|"
+                             r"modulation|adaLN|final_layer)", k) for k in both)
+
+
+def test_sd3_scopes_name_the_last_pre_only_context_block_correctly():
+    available = dict(patchable_weights(build("sd3")))
+    ff = resolve_scope(list(available.items()), "ff")
+    assert "diffusion_model.joint_blocks.1.context_block.mlp.fc1.weight" not in available  # pre-only: no MLP
+    assert "diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight" in resolve_scope(list(available.items()), "attention")
+    assert all(".joint_blocks." in k for k in ff)
+
+
+# ----------------------------------------------------------------------------------- parameterization
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parameterization_follows_the_prediction_type(family):
+    mp = build(family)
+    ms = mp.get_model_object("model_sampling")
+    expected_flow = EXPECTED[family]["flow"]
+    assert isinstance(ms, comfy.model_sampling.CONST) == expected_flow
+    assert isinstance(parameterization_of(mp), FlowMatching if expected_flow else VarianceExploding)
+    if family == "sd2v":
+        assert isinstance(ms, comfy.model_sampling.V_PREDICTION)
+
+
+def test_parameterization_of_other_sampling_types():
+    mp = build("sd15")
+    # COSMOS rectified flow noises as x0 + sigma*eps in ComfyUI's sigma: recognised from its noise_scaling
+    cosmos = comfy.model_base.model_sampling(mp.model.model_config, comfy.model_base.ModelType.FLOW_COSMOS)
+    patched = mp.clone()
+    patched.add_object_patch("model_sampling", cosmos)
+    assert isinstance(parameterization_of(patched), VarianceExploding)
+
+    class Odd(torch.nn.Module):  # a sampling type that is neither form
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+            return noise * sigma.reshape(-1, 1) ** 2 + latent_image
+
+    patched.add_object_patch("model_sampling", Odd())
+    with pytest.raises(CADError, match="neither as x0 \\+ sigma\\*eps .* nor as"):
+        parameterization_of(patched)
+
+
+# ------------------------------------------------------------------------------------- gradients
+CASES = [(f, "concept_gap") for f in FAMILIES] + [("sdxl", "concept_likelihood"), ("flux", "concept_likelihood")]
+
+
+@pytest.mark.parametrize("family,objective", CASES, ids=[f"{f}-{o}" for f, o in CASES])
+def test_node_path_gradients_equal_plain_autograd(family, objective):
+    concept = None
+    if objective == "concept_likelihood":
+        with torch.inference_mode():
+            concept = {"samples": torch.randn((1, EXPECTED[family]["channels"], 8, 8),
+                                              generator=torch.Generator().manual_seed(5))}
+    mp = build(family, seed=3, scale=SCALE)
+    attribution = node_path(mp, family, objective, concept_latent=concept)
+    keys = list(attribution.scores)
+    assert len(keys) == EXPECTED[family]["ff"]
+    assert attribution.meta["parameterization"] == ("flow_matching" if EXPECTED[family]["flow"] else "variance_exploding")
+
+    reference = build(family, seed=3, scale=SCALE, inference=False)
+    with torch.inference_mode(False):
+        expected = plain_autograd_alpha(reference, family, objective, keys, conditioning(family, 1),
+                                        conditioning(family, 2), steps=STEPS, seed=SEED, guidance=GUIDANCE,
+                                        concept_latent=None if concept is None else concept["samples"])
+    for k in keys:
+        assert attribution.scores[k].dtype == torch.float32
+        assert attribution.scores[k].abs().max() > 0, k
+        torch.testing.assert_close(attribution.scores[k], expected[k], rtol=1e-4,
+                                   atol=1e-12 + 1e-4 * expected[k].abs().max().item())
+
+
+def test_flux_guidance_in_conditioning_reaches_the_model():
+    """Flux-dev's distilled guidance comes from the conditioning (FluxGuidance), not from CFG."""
+    mp = build("flux", seed=3, scale=SCALE)
+    with torch.inference_mode():
+        runs = [attribute_model(mp, conditioning("flux", 1, flux_guidance=g), conditioning("flux", 2, flux_guidance=g),
+                                empty_latent(), objective="concept_gap", steps=2, guidance=1.0, seed=SEED, samples=1,
+                                scope="ff") for g in (1.0, 4.0)]
+    k = next(iter(runs[0].scores))
+    assert not torch.equal(runs[0].scores[k], runs[1].scores[k])
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_dit_attribution_leaves_the_shared_model_untouched(family):
+    mp = build(family, seed=4, scale=SCALE)
+    params = {n: p for n, p in mp.model.diffusion_model.named_parameters()}
+    buffers = {n: b for n, b in mp.model.diffusion_model.named_buffers()}
+    before = {k: v.clone() for k, v in mp.model.state_dict().items()}
+    node_path(mp, family, scope="ff+attention")
+    # the plain-module parameters swapped for ordinary copies during the run are the original objects again
+    assert all(p is params[n] and p.is_inference() for n, p in mp.model.diffusion_model.named_parameters())
+    assert all(b is buffers[n] for n, b in mp.model.diffusion_model.named_buffers())
+    assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", [])
+               for m in mp.model.diffusion_model.modules())
+    assert all(not m._forward_pre_hooks for m in mp.model.diffusion_model.modules())
+    after = mp.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert mp.patches == {} and all(not p.requires_grad and p.grad is None for p in mp.model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ masks
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mask_applies_and_unpatches_bit_exactly(family):
+    check_mask_round_trip(build(family, seed=8))
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_mask_applies_in_lowvram_mode(family):
+    check_mask_round_trip(build(family, seed=8), lowvram=True)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_erase_chain_changes_sampling_and_the_original_stays_bit_identical(family):
+    import comfy.sample
+    mp = build(family, seed=6, scale=SCALE)
+    pos, base = conditioning(family, 1), conditioning(family, 2)
+
+    def sample(model):
+        with torch.inference_mode():
+            latent = comfy.sample.fix_empty_latent_channels(model, empty_latent()["samples"])
+            noise = comfy.sample.prepare_noise(latent, 11)
+            return comfy.sample.sample(model, noise, 3, 3.0, "euler", "normal", pos, base, latent, seed=11,
+                                       disable_pbar=True)
+
+    first = sample(mp)
+    attribution = node_path(mp, family)
+    edited = sample(apply_mask(mp, select_components(attribution, "erase", 0.1, "per_matrix"), 1.0))
+    assert not torch.equal(first, edited)
+    assert torch.equal(first, sample(mp))
+
+
+# ------------------------------------------------------------------------------ unsupported input
+def test_unknown_architecture_gets_a_clear_error_and_regex_works():
+    mp = build("auraflow", seed=1, scale=SCALE)   # ComfyUI's AuraFlow MMDiT: no presets for it
+    pos, base = conditioning("sd15", 1), conditioning("sd15", 2)
+    for scope in ("ff", "attention", "ff+attention"):
+        with pytest.raises(CADError) as e:
+            with torch.inference_mode():
+                attribute_with_budget(mp, pos, base, empty_latent(), objective="concept_gap", steps=1, guidance=3.0,
+                                      seed=0, samples=1, scope=scope)
+        msg = str(e.value)
+        assert "no preset" in msg and "SDXL" in msg and "Flux" in msg and "SD3" in msg
+        assert "'regex'" in msg and "scope_regex" in msg and "double_layers.0." in msg
+    attribution = node_path(mp, "sd15", scope="regex", scope_regex=r"\.mlpX\.c_fc[12]\.weight$")
+    assert list(attribution.scores) == ["diffusion_model.double_layers.0.mlpX.c_fc1.weight",
+                                        "diffusion_model.double_layers.0.mlpX.c_fc2.weight"]
+    assert attribution.meta["parameterization"] == "flow_matching"
+    assert all(s.abs().max() > 0 for s in attribution.scores.values())
+
+
+def test_missing_pooled_output_is_refused_clearly():
+    mp = build("sdxl")
+    no_pooled = [[conditioning("sdxl", 1)[0][0], {}]]
+    with pytest.raises(CADError, match="needs 'pooled_output'.*'positive' has none"):
+        with torch.inference_mode():
+            attribute_with_budget(mp, no_pooled, conditioning("sdxl", 2), empty_latent(), objective="concept_gap",
+                                  steps=1, guidance=3.0, seed=0, samples=1, scope="ff")
