@@ -6,13 +6,12 @@ equal plain autograd on the same latents; masks must patch and unpatch exactly.
 import pytest
 import torch
 
-import comfy.model_management as mm
 import comfy.sample
-import comfy.samplers
-from cad_pack.cad_core import Mask, VarianceExploding, select_components
-from cad_pack.cad_core.noise import ddim_step
+from cad_pack.cad_core import Mask, select_components
 from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
 
+from family_models import loaded_weight
+from family_models import plain_autograd_alpha as family_plain_autograd_alpha
 from tiny_models import conditioning, empty_latent, tiny_sd15
 
 POS, BASE = conditioning(1), conditioning(2)
@@ -27,48 +26,8 @@ def node_path(mp, objective, **kw):
 
 def plain_autograd_alpha(mp, objective, keys, concept_latent=None):
     """The same objective written directly against BaseModel.apply_model with ordinary autograd."""
-    bm = mp.model
-    params = {f"diffusion_model.{n}": p for n, p in bm.diffusion_model.named_parameters()}
-    leaves = {k: params[k].detach().clone().requires_grad_(True) for k in keys}
-    sigmas = comfy.samplers.calculate_sigmas(mp.get_model_object("model_sampling"), "normal", STEPS).float().clone()
-    pos, base = POS[0][0].clone(), BASE[0][0].clone()
-    ve = VarianceExploding()
-
-    def predict(x, s, cond):
-        originals = {}
-        for k, leaf in leaves.items():  # swap in differentiable copies of the scoped weights
-            mod_name, attr = k[len("diffusion_model."):].rsplit(".", 1)
-            mod = bm.diffusion_model.get_submodule(mod_name)
-            originals[(mod, attr)] = mod._parameters[attr]
-            mod._parameters[attr] = leaf
-        try:
-            return bm.apply_model(x, s.reshape(1), c_crossattn=cond)
-        finally:
-            for (mod, attr), p in originals.items():
-                mod._parameters[attr] = p
-
-    def noise(restart):
-        g = torch.Generator().manual_seed(SEED + 100_003 * restart)
-        return torch.randn((1, 4, 8, 8), generator=g)
-
-    total = 0
-    if objective == "concept_gap":
-        x = noise(0) * sigmas[0]
-        for i in range(STEPS):
-            x0_c = predict(x, sigmas[i], pos)
-            with torch.no_grad():
-                x0_b = predict(x, sigmas[i], base)
-            total = total + (ve.eps_from_x0(x, x0_c, sigmas[i]) - ve.eps_from_x0(x, x0_b, sigmas[i])).pow(2).mean()
-            x0_g = x0_b + GUIDANCE * (x0_c.detach() - x0_b)
-            x = ddim_step(ve, x, x0_g, sigmas[i], sigmas[i + 1])
-    else:
-        images = bm.process_latent_in(concept_latent.clone())
-        for i in range(STEPS):
-            eps = noise(1 + i)
-            x_t = ve.add_noise(images, eps, sigmas[i])
-            total = total - (eps - ve.eps_from_x0(x_t, predict(x_t, sigmas[i], pos), sigmas[i])).pow(2).mean()
-    grads = torch.autograd.grad(total, [leaves[k] for k in keys])
-    return {k: (leaves[k].detach() * g).float() for k, g in zip(keys, grads)}
+    return family_plain_autograd_alpha(mp, "sd15", objective, keys, POS, BASE, steps=STEPS, seed=SEED,
+                                       guidance=GUIDANCE, concept_latent=concept_latent)
 
 
 @pytest.mark.parametrize("v_prediction", [False, True], ids=["eps", "v"])
@@ -129,22 +88,6 @@ def ff_key(mp):
 def hand_mask(mp, key, indices):
     shape = dict(patchable_weights(mp))[key]
     return Mask({key: torch.tensor(indices)}, {key: shape}, fingerprint_of(mp), {"mode": "erase"})
-
-
-def loaded_weight(patcher, key, lowvram=False):
-    """The weight a forward pass actually uses after ComfyUI loads `patcher` (full or low-VRAM)."""
-    if lowvram:
-        patcher.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1, load_weights=True)
-        module = patcher.model.get_submodule(key.rsplit(".", 1)[0])
-        w = module.weight
-        for f in module.weight_function:
-            w = f(w.clone())
-    else:
-        mm.load_models_gpu([patcher], force_full_load=True)
-        w = patcher.model.get_submodule(key.rsplit(".", 1)[0]).weight
-    w = w.detach().clone()
-    patcher.unpatch_model(device_to=torch.device("cpu"))
-    return w
 
 
 @pytest.mark.parametrize("lowvram", [False, True], ids=["full", "lowvram"])
