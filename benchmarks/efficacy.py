@@ -56,21 +56,29 @@ def fmt_rows(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and ratios (a smoke run)")
-    ap.add_argument("--per-colour", type=int, default=8, help="images per colour per prompt")
+    ap.add_argument("--per-colour", type=int, default=None, help="images per colour per prompt (default 8, quick 3)")
+    ap.add_argument("--ratios", type=float, nargs="+", default=None, help="erase ratios (default 0.02 0.05 0.1)")
+    ap.add_argument("--targets", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="shapes to erase")
+    ap.add_argument("--faith-sets", type=int, default=None, help="random ablation sets (default 100, quick 30)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "efficacy.md"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe a busy 2-core machine)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    per_colour = 3 if a.quick else a.per_colour
-    ratios = [0.05] if a.quick else [0.02, 0.05, 0.1]
+    per_colour = a.per_colour or (3 if a.quick else 8)
+    a.per_colour = per_colour
+    ratios = a.ratios or ([0.05] if a.quick else [0.02, 0.05, 0.1])
+    targets = a.targets
     started = time.time()
     world = ToyWorld.load()
     base_model = world.model
     before = world.accuracy_table(base_model, per_colour)
-    rows, attributions = [], {}
+    rows, schedule_rows, amplify_rows, faith_rows, attributions = [], [], [], [], {}
+
+    def checkpoint():  # a report after every section, so a run cut short still leaves its tables
+        write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, time.time() - started, quiet=True)
     for target in SHAPES:
         attributions[target] = world.attribute(target)
-    for target in SHAPES:
+    for target in targets:
         others = sum_attributions([attributions[s] for s in SHAPES if s != target])
         for ratio in ratios:
             mask = erase_mask(attributions[target], ratio)
@@ -84,22 +92,23 @@ def main():
             rows.append(row(f"CAD erase + protect others, per_row {ratio}", target, protected.count,
                             world.accuracy_table(edited(base_model, protected), per_colour), before))
         print(fmt_rows(rows[-4 * len(ratios):]), flush=True)
+        checkpoint()
 
     # Reference (O(T^2)) schedule next to the single trajectory, at one ratio.
-    schedule_rows = []
     ratio = ratios[-1] if a.quick else 0.05
-    for target in SHAPES:
+    for target in targets:
         reference = world.attribute(target, schedule="reference", steps=10)
         single = world.attribute(target, schedule="single", steps=10)
         for label, att in (("single, T=10", single), ("reference, T=10", reference)):
             mask = erase_mask(att, ratio)
             schedule_rows.append(row(f"{label}, per_row {ratio}", target, mask.count,
                                      world.accuracy_table(edited(base_model, mask), per_colour), before))
+    print(fmt_rows(schedule_rows), flush=True)
+    checkpoint()
 
     # Amplify as a repair: erase the target, attribute the likelihood of its images on the erased
     # model, ablate the most negative components on top.
-    amplify_rows = []
-    for target in SHAPES:
+    for target in targets:
         erase = erase_mask(attributions[target], 0.05)
         damaged = edited(base_model, erase)
         damaged_table = world.accuracy_table(damaged, per_colour)
@@ -112,10 +121,11 @@ def main():
                                  "before_erase": before[target]["shape"], "erased": damaged_table[target]["shape"],
                                  "amplified": repaired[target]["shape"], "random_control": control[target]["shape"],
                                  "others_after": retention(repaired, before, target)["others_mean"]})
+            print("amplify", amplify_rows[-1], flush=True)
+    checkpoint()
 
     # Faithfulness of the linear estimate over random ablation sets (the paper: r = 0.506).
-    faith_rows = []
-    sets = 30 if a.quick else 100
+    sets = a.faith_sets or (30 if a.quick else 100)
     for objective in ("concept_gap", "concept_likelihood"):
         # 'a circle' against '' so that J can be re-measured with exactly these two conditionings.
         att = world.attribute("circle", objective=objective, contrast="empty", samples=2)
@@ -128,16 +138,19 @@ def main():
                 result = faithfulness(measure, att, sets, set_size, seed=0, strength=strength)
             faith_rows.append({"objective": objective, "strength": strength, "set_size": set_size,
                                "sets": sets, "pearson_r": result["pearson_r"]})
+            print("faithfulness", faith_rows[-1], flush=True)
 
     write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, time.time() - started)
 
 
-def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, seconds):
+def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, seconds, quiet=False):
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if torch.cuda.is_available() and os.environ.get("CAD_TOYWORLD_GPU") == "1":
+        machine += f", GPU {torch.cuda.get_device_name()}"
     lines = [
         "# Toy-world efficacy of CAD", "",
         f"Machine: {machine}. Run time {seconds / 60:.1f} min. Images: "
-        f"{a.per_colour if not a.quick else 3} per colour per prompt (x4 colours per shape), sampler euler/normal, "
+        f"{a.per_colour} per colour per prompt (x4 colours per shape), sampler euler/normal, "
         f"20 steps, CFG 3, fixed seeds. Scope ff; attribution: concept_gap, 20 steps, guidance 3, "
         f"summed over the four colours of 'a <colour> <shape>' against 'a <colour>'.", "",
         "## Unedited model", "", "| shape | shape acc | colour acc |", "|---|---|---|",
@@ -164,7 +177,8 @@ def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, secon
     with open(a.out.replace(".md", ".json"), "w") as f:
         json.dump({"before": before, "erase": rows, "schedules": schedule_rows, "amplify": amplify_rows,
                    "faithfulness": faith_rows, "seconds": seconds}, f, indent=1)
-    print("\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.comfyui/ComfyUI}"
-if [ ! -x "$PY" ] || [ ! -f "$COMFYUI_PATH/main.py" ]; then
+if ! command -v "$PY" >/dev/null || [ ! -f "$COMFYUI_PATH/main.py" ]; then
   echo "environment missing: run 'make setup' first (or set PY and COMFYUI_PATH)" >&2
   exit 2
 fi

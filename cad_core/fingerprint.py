@@ -25,6 +25,15 @@ def model_fingerprint(named_shapes: Sequence[tuple[str, tuple]], read_weight: Ca
     for name, shape in sorted(named_shapes):
         h.update(f"{name}:{tuple(shape)};".encode())
     for name in sampled_keys([n for n, _ in named_shapes]):
-        values = read_weight(name).detach().reshape(-1)[:SAMPLED_VALUES]
-        h.update(values.to("cpu", torch.float32).to(torch.float16).numpy().tobytes())
+        h.update(_first_values(read_weight(name)).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _first_values(weight: torch.Tensor) -> torch.Tensor:
+    """The first SAMPLED_VALUES values as fp16 on the CPU, taken without making a view: weights loaded
+    under inference mode are inference tensors, and torch 2.11 refuses views of them outside it
+    ("Inference tensors do not track version counter")."""
+    with torch.no_grad():
+        count = min(SAMPLED_VALUES, weight.numel())
+        values = torch.take(weight, torch.arange(count, device=weight.device))
+    return values.to("cpu", torch.float32).to(torch.float16)

@@ -113,7 +113,7 @@ def matched_control(model, mask: Mask, kind: str, seed: int = 0) -> Mask:
         k = int(idx.numel())
         if k == 0:
             continue
-        w = original_weight(model, key).detach().float().reshape(-1)
+        w = original_weight(model, key).detach().float().reshape(-1).cpu()
         if kind == "random":
             chosen = torch.randperm(w.numel(), generator=g)[:k]
         else:
