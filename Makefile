@@ -3,13 +3,26 @@ COMFYUI_PATH ?= $(CURDIR)/.comfyui/ComfyUI
 export COMFYUI_PATH
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench bench-gpu efficacy
+.PHONY: setup setup-browser test test-browser demo bench bench-gpu efficacy examples
 
 setup:
 	bash scripts/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q tests
+
+setup-browser:
+	bash scripts/setup_browser.sh
+
+# The example workflows in a real Chromium on a real ComfyUI server (~3 min on 2 CPU cores): opened from the
+# template browser, run with the Run button, the CAD nodes' widgets checked against /history.
+# Screenshots: tests/.artifacts/browser/
+test-browser: setup setup-browser
+	$(PY) -m pytest -q --browser tests/browser
+
+# Rewrite example_workflows/*.json and, by running each one, their .jpg thumbnails
+examples: setup
+	$(PY) scripts/make_example_workflows.py --thumbnails
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -5,7 +5,6 @@ Weights are random (N(0, 1/fan_in), norms 1, biases 0: activations stay O(1) in 
 depend on the values. Architectures are ComfyUI's SD1.5 and SDXL UNet configurations
 (comfy/model_detection.py), built through comfy.supported_models, so layer shapes and op paths are real.
 """
-import importlib.util
 import math
 import os
 import platform
@@ -43,23 +42,11 @@ TINY = {"sd15": {"model_channels": 32, "num_res_blocks": [1, 1], "channel_mult":
 
 def setup(cpu: bool = True):
     """ComfyUI importable (COMFYUI_PATH or .comfyui/ComfyUI), device chosen, the pack loaded as `cad_pack`."""
-    root = os.path.abspath(os.environ.get("COMFYUI_PATH") or os.path.join(REPO, ".comfyui", "ComfyUI"))
-    if not os.path.isfile(os.path.join(root, "main.py")):
-        raise SystemExit(f"ComfyUI not found at {root}; run `make setup` or set COMFYUI_PATH.")
-    # the repo's `nodes/` package must not shadow ComfyUI's nodes.py
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO]
-    sys.path.insert(0, root)
-    from comfy.cli_args import args
     if "comfy.model_management" in sys.modules:
         raise RuntimeError("comfy.model_management was imported before the device was chosen")
-    args.cpu = cpu
-    if "cad_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("cad_pack", os.path.join(REPO, "__init__.py"),
-                                                      submodule_search_locations=[REPO])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cad_pack"] = module
-        spec.loader.exec_module(module)
-    return root
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from pack_bootstrap import import_pack
+    import_pack(cpu=cpu)
 
 
 def build_unet(family: str, dtype, seed: int = 0, device=None, tiny: bool = False):

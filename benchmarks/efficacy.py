@@ -59,6 +59,11 @@ def main():
     ap.add_argument("--per-colour", type=int, default=None, help="images per colour per prompt (default 8, quick 3)")
     ap.add_argument("--ratios", type=float, nargs="+", default=None, help="erase ratios (default 0.02 0.05 0.1)")
     ap.add_argument("--targets", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="shapes to erase")
+    ap.add_argument("--scope", default="ff", help="scope preset of every attribution (default ff)")
+    ap.add_argument("--scope-regex", default="", help="with --scope regex: the weights to attribute")
+    ap.add_argument("--granularity", default="per_row", choices=["per_row", "per_matrix", "global"])
+    ap.add_argument("--sections", nargs="+", default=["erase", "schedules", "amplify", "faithfulness"],
+                    choices=["erase", "schedules", "amplify", "faithfulness"])
     ap.add_argument("--faith-sets", type=int, default=None, help="random ablation sets (default 100, quick 30)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "efficacy.md"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe a busy 2-core machine)")
@@ -74,47 +79,51 @@ def main():
     before = world.accuracy_table(base_model, per_colour)
     rows, schedule_rows, amplify_rows, faith_rows, attributions = [], [], [], [], {}
 
+    scope = {"scope": a.scope, "scope_regex": a.scope_regex}
+    gran = a.granularity
+
     def checkpoint():  # a report after every section, so a run cut short still leaves its tables
         write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, time.time() - started, quiet=True)
-    for target in SHAPES:
-        attributions[target] = world.attribute(target)
-    for target in targets:
+    if {"erase", "amplify"} & set(a.sections):
+        for target in SHAPES:
+            attributions[target] = world.attribute(target, **scope)
+    for target in (targets if "erase" in a.sections else []):
         others = sum_attributions([attributions[s] for s in SHAPES if s != target])
         for ratio in ratios:
-            mask = erase_mask(attributions[target], ratio)
-            rows.append(row(f"CAD erase, per_row {ratio}", target, mask.count,
+            mask = erase_mask(attributions[target], ratio, gran)
+            rows.append(row(f"CAD erase, {gran} {ratio}", target, mask.count,
                             world.accuracy_table(edited(base_model, mask), per_colour), before))
             for kind in ("random", "magnitude"):
                 control = matched_control(base_model, mask, kind)
                 rows.append(row(f"control: {kind}, same count per matrix", target, control.count,
                                 world.accuracy_table(edited(base_model, control), per_colour), before))
-            protected = erase_mask(attributions[target], ratio, protect_with=others)
-            rows.append(row(f"CAD erase + protect others, per_row {ratio}", target, protected.count,
+            protected = erase_mask(attributions[target], ratio, gran, protect_with=others)
+            rows.append(row(f"CAD erase + protect others, {gran} {ratio}", target, protected.count,
                             world.accuracy_table(edited(base_model, protected), per_colour), before))
         print(fmt_rows(rows[-4 * len(ratios):]), flush=True)
         checkpoint()
 
     # Reference (O(T^2)) schedule next to the single trajectory, at one ratio.
     ratio = ratios[-1] if a.quick else 0.05
-    for target in targets:
-        reference = world.attribute(target, schedule="reference", steps=10)
-        single = world.attribute(target, schedule="single", steps=10)
+    for target in (targets if "schedules" in a.sections else []):
+        reference = world.attribute(target, schedule="reference", steps=10, **scope)
+        single = world.attribute(target, schedule="single", steps=10, **scope)
         for label, att in (("single, T=10", single), ("reference, T=10", reference)):
-            mask = erase_mask(att, ratio)
-            schedule_rows.append(row(f"{label}, per_row {ratio}", target, mask.count,
+            mask = erase_mask(att, ratio, gran)
+            schedule_rows.append(row(f"{label}, {gran} {ratio}", target, mask.count,
                                      world.accuracy_table(edited(base_model, mask), per_colour), before))
     print(fmt_rows(schedule_rows), flush=True)
     checkpoint()
 
     # Amplify as a repair: erase the target, attribute the likelihood of its images on the erased
     # model, ablate the most negative components on top.
-    for target in targets:
-        erase = erase_mask(attributions[target], 0.05)
+    for target in (targets if "amplify" in a.sections else []):
+        erase = erase_mask(attributions[target], 0.05, gran)
         damaged = edited(base_model, erase)
         damaged_table = world.accuracy_table(damaged, per_colour)
-        lik = world.attribute(target, objective="concept_likelihood", model=damaged, samples=4)
+        lik = world.attribute(target, objective="concept_likelihood", model=damaged, samples=4, **scope)
         for ratio in ([0.05] if a.quick else [0.01, 0.05]):
-            amp = select_components(lik, "amplify", ratio, "per_row")
+            amp = select_components(lik, "amplify", ratio, gran)
             repaired = world.accuracy_table(edited(damaged, amp), per_colour)
             control = world.accuracy_table(edited(damaged, matched_control(base_model, amp, "random")), per_colour)
             amplify_rows.append({"target": target, "ratio": ratio, "weights": amp.count,
@@ -126,18 +135,22 @@ def main():
 
     # Faithfulness of the linear estimate over random ablation sets (the paper: r = 0.506).
     sets = a.faith_sets or (30 if a.quick else 100)
-    for objective in ("concept_gap", "concept_likelihood"):
+    # concept_gap twice: as really ablated (both branches move) and with the base branch held at the
+    # unedited model, which is the J that alpha differentiates (its base term is stop-gradient).
+    variants = (("concept_gap", False), ("concept_gap", True), ("concept_likelihood", False))
+    for objective, hold_base in (variants if "faithfulness" in a.sections else ()):
         # 'a circle' against '' so that J can be re-measured with exactly these two conditionings.
-        att = world.attribute("circle", objective=objective, contrast="empty", samples=2)
+        att = world.attribute("circle", objective=objective, contrast="empty", samples=2, **scope)
 
         def measure(mask, strength):
-            return measure_on(base_model, world.cond("a circle"), world.cond(""), att, mask, strength)
+            return measure_on(base_model, world.cond("a circle"), world.cond(""), att, mask, strength,
+                              hold_base=hold_base)
 
-        for strength, set_size in ((1.0, 100), (0.05, 1000)):
+        for strength, set_size in ((1.0, 100), (0.05, 1000), (0.001, 1000)):
             with torch.inference_mode():
                 result = faithfulness(measure, att, sets, set_size, seed=0, strength=strength)
-            faith_rows.append({"objective": objective, "strength": strength, "set_size": set_size,
-                               "sets": sets, "pearson_r": result["pearson_r"]})
+            faith_rows.append({"objective": objective + (", base held" if hold_base else ""), "strength": strength,
+                               "set_size": set_size, "sets": sets, "pearson_r": result["pearson_r"]})
             print("faithfulness", faith_rows[-1], flush=True)
 
     write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, time.time() - started)
@@ -151,7 +164,7 @@ def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, secon
         "# Toy-world efficacy of CAD", "",
         f"Machine: {machine}. Run time {seconds / 60:.1f} min. Images: "
         f"{a.per_colour} per colour per prompt (x4 colours per shape), sampler euler/normal, "
-        f"20 steps, CFG 3, fixed seeds. Scope ff; attribution: concept_gap, 20 steps, guidance 3, "
+        f"20 steps, CFG 3, fixed seeds. Scope {a.scope} {a.scope_regex}; selection {a.granularity}; attribution: concept_gap, 20 steps, guidance 3, "
         f"summed over the four colours of 'a <colour> <shape>' against 'a <colour>'.", "",
         "## Unedited model", "", "| shape | shape acc | colour acc |", "|---|---|---|",
         *[f"| {s} | {v['shape']:.2f} | {v['colour']:.2f} |" for s, v in before.items()], "",
@@ -166,7 +179,8 @@ def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, secon
           f"{r['amplified']:.2f} | {r['random_control']:.2f} | {r['others_after']:.2f} |" for r in amplify_rows], "",
         "## Faithfulness of the linear estimate", "",
         "Pearson r between predicted (-strength x sum alpha) and measured change of J at the visited latents, over "
-        "random ablation sets drawn from the ff scope. The paper reports r = 0.506 for zeroing.", "",
+        "random ablation sets drawn from the scope. The paper reports r = 0.506 for zeroing. 'base held': J_gap "
+        "re-measured with the base branch at the unedited model's predictions, the J that alpha differentiates.", "",
         "| objective | strength | set size | sets | Pearson r |", "|---|---|---|---|---|",
         *[f"| {r['objective']} | {r['strength']} | {r['set_size']} | {r['sets']} | {r['pearson_r']:.3f} |"
           for r in faith_rows], "",

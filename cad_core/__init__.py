@@ -3,11 +3,13 @@
     attribute()          score weights for a concept (alpha = w * dJ/dw)
     select_components()  pick components to erase (most positive) or amplify (most negative)
     union(), protect()   combine masks; keep components another concept needs
+    block_map()          per-block positive/negative mass and mask share, for the attribution map
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
     verify_ablation(), faithfulness()   compare predicted with measured effects
 """
 from .attribution import Attribution, GradientAccumulator, ParameterGradientCapture, attribute, sum_attributions
-from .blocks import block_of
+from .block_map import block_map, block_map_text
+from .blocks import block_of, short_block_name
 from .errors import CADError, CADFileError
 from .fingerprint import model_fingerprint
 from .mask import Mask, protect, scale_selected, union

@@ -35,5 +35,8 @@ def _first_values(weight: torch.Tensor) -> torch.Tensor:
     ("Inference tensors do not track version counter")."""
     with torch.no_grad():
         count = min(SAMPLED_VALUES, weight.numel())
-        values = torch.take(weight, torch.arange(count, device=weight.device))
+        try:
+            values = torch.take(weight, torch.arange(count, device=weight.device))
+        except NotImplementedError:  # take has no fp8 kernels; a view of those is fine
+            values = weight.detach().reshape(-1)[:count]
     return values.to("cpu", torch.float32).to(torch.float16)

@@ -156,17 +156,29 @@ def visit_concept_likelihood(concept: Denoise, base: Denoise, plan: TrajectoryPl
         plan.on_progress(done, total)
 
 
-def measure_objective(objective: str, concept: Denoise, base: Denoise, parameterization, points) -> float:
-    """J summed over recorded visits, without gradients: the same latents before and after an edit."""
+def measure_objective(objective: str, concept: Denoise, base: Denoise, parameterization, points,
+                      held_base: Sequence[torch.Tensor] | None = None) -> float:
+    """J summed over recorded visits, without gradients: the same latents before and after an edit.
+
+    held_base: base predictions to use instead of calling `base` (see base_predictions): J_gap with the
+    base branch held where the attribution's stop-gradient holds it.
+    """
     total = 0.0
     with torch.no_grad():
-        for v in points:
+        for i, v in enumerate(points):
             if objective == "concept_gap":
-                j = concept_gap(parameterization, v.x_t, v.sigma, concept(v.x_t, v.sigma), base(v.x_t, v.sigma))
+                x0_base = held_base[i] if held_base is not None else base(v.x_t, v.sigma)
+                j = concept_gap(parameterization, v.x_t, v.sigma, concept(v.x_t, v.sigma), x0_base)
             else:
                 j = concept_likelihood(parameterization, v.x_t, v.sigma, concept(v.x_t, v.sigma), v.eps)
             total += float(j)
     return total
+
+
+def base_predictions(base: Denoise, points) -> list[torch.Tensor]:
+    """The base branch's predictions at recorded visits, to hold them fixed while the model is edited."""
+    with torch.no_grad():
+        return [base(v.x_t, v.sigma).detach() for v in points]
 
 
 def _guided(x0_concept, x0_base, guidance):

@@ -19,7 +19,7 @@ from comfy.weight_adapter import WeightAdapterBase
 
 from ..cad_core import (Attribution, CADError, GradientAccumulator, Mask, TrajectoryPlan, attribute,
                         model_fingerprint, resolve_scope, scale_selected, verify_ablation)
-from ..cad_core.trajectory import measure_objective
+from ..cad_core.trajectory import base_predictions, measure_objective
 from ..cad_core.noise import FlowMatching, VarianceExploding
 from .autograd_safe import ordinary_copies_of_plain_parameters
 
@@ -291,27 +291,42 @@ def apply_mask(model, mask: Mask, strength: float):
 
 # --- verification ------------------------------------------------------------------------------------
 
-def measure_on(model, positive, base, attribution: Attribution, mask: Mask | None = None, strength: float = 1.0):
-    """J at the attribution's own visited latents, on `model` or on `model` with `mask` applied."""
+def measure_on(model, positive, base, attribution: Attribution, mask: Mask | None = None, strength: float = 1.0,
+               hold_base: bool = False):
+    """J at the attribution's own visited latents, on `model` or on `model` with `mask` applied.
+
+    hold_base (concept_gap only): take the base branch from the unedited `model`, as the attribution's
+    stop-gradient does, so the measured change is the one alpha estimates to first order.
+    """
     if not attribution.points:
         raise CADError("This attribution carries no visited latents (attributions loaded from files do not), so "
                        "its prediction cannot be checked. Verify an attribution straight from CAD Attribute.")
     check_fingerprint(model, attribution.fingerprint, "attribution")
+    objective, parameterization = attribution.meta["objective"], parameterization_of(model)
+    held = None
+    if hold_base and objective == "concept_gap":
+        held = _at_visited_points(model, positive, base, attribution,
+                                  lambda concept, base_fn: base_predictions(base_fn, attribution.points))
     target = model if mask is None else apply_mask(model, mask, strength)
-    parameterization, result = parameterization_of(model), {}
+    return _at_visited_points(target, positive, base, attribution, lambda concept, base_fn: measure_objective(
+        objective, concept, base_fn, parameterization, attribution.points, held_base=held))
+
+
+def _at_visited_points(model, positive, base, attribution: Attribution, measure):
+    """measure(concept, base) with both denoisers prepared exactly as KSampler prepares them."""
+    result = {}
 
     def run(concept, base_fn, sigmas, noise, latent):
-        result["objective"] = measure_objective(attribution.meta["objective"], concept, base_fn, parameterization,
-                                                attribution.points)
+        result["value"] = measure(concept, base_fn)
         return latent
 
-    guider = comfy.samplers.CFGGuider(target)
+    guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, base)
     guider.set_cfg(attribution.meta.get("guidance", 1.0))
     start = torch.zeros(attribution.points[0].x_t.shape)
     sigmas = torch.stack([attribution.points[0].sigma.float(), torch.zeros(())])
     guider.sample(start, start, _AttributionSampler(run), sigmas, seed=0, disable_pbar=True)
-    return result["objective"]
+    return result["value"]
 
 
 def verify_on(model, positive, base, attribution: Attribution, mask: Mask, strength: float = 1.0):

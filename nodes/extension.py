@@ -7,11 +7,12 @@ from .apply_node import ApplyCADMask
 from .attribute_node import CADAttribute
 from .demo_model_node import CADDemoModel
 from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
+from .map_node import CADAttributionMap
 from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
 from .verify_node import CADVerify
 
 NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADVerify,
-         CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADDemoModel]
+         CADAttributionMap, CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADDemoModel]
 
 
 class CADExtension(ComfyExtension):

@@ -19,6 +19,12 @@ TARGET = "triangle"
 PROMPTS = ("a red triangle", "a blue triangle", "a green circle", "a yellow cross")
 BRANCHES = ("original", "erase", "amplify")
 ERASE_RATIO, AMPLIFY_RATIO, STEPS, IMAGES = 0.05, 0.05, 20, 4
+NOTE = (f"# CAD demo: erase, then amplify back\nCAD Attribute (erase) scores the toy model's feed-forward "
+        f"weights for 'a {TARGET}' against the empty prompt; CAD Erase Mask + Apply CAD Mask remove the top "
+        f"{ERASE_RATIO:.0%} per row. CAD Attribute (amplify) then measures, on the erased model, how well it "
+        f"denoises pictures of a {TARGET} drawn by the original model; ablating the most negative components "
+        f"brings the shape back. Each prompt is sampled with the original, erased and amplified models "
+        f"(`make demo` scores every image).")
 
 
 def build_api_graph(target=TARGET, prompts=PROMPTS, erase_ratio=ERASE_RATIO, amplify_ratio=AMPLIFY_RATIO):
@@ -66,9 +72,9 @@ def build_api_graph(target=TARGET, prompts=PROMPTS, erase_ratio=ERASE_RATIO, amp
 
 def write_ui_workflow(object_info: dict, path: str = UI_FILE) -> dict:
     sys.path.insert(0, HERE)
-    from workflow_format import api_to_ui
+    from workflow_format import add_note, api_to_ui
     graph, _ = build_api_graph()
-    ui = api_to_ui(graph, object_info)
+    ui = add_note(api_to_ui(graph, object_info), NOTE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(ui, f, indent=1)

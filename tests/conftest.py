@@ -43,6 +43,21 @@ if os.path.isfile(PACK_INIT):
             del sys.modules[name]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--browser", action="store_true",
+                     help="also run the tests marked `browser` (need Chromium and Node: scripts/setup_browser.sh)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests stay out of every run without --browser, whatever -m says."""
+    if config.getoption("--browser"):
+        return
+    skipped = [item for item in items if item.get_closest_marker("browser")]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if not item.get_closest_marker("browser")]
+
+
 def pytest_report_header(config):
     lines = [f"ComfyUI: {COMFYUI_PATH}"]
     if not os.path.isfile(PACK_INIT):

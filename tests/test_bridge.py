@@ -165,6 +165,28 @@ def test_verify_gap_measures_the_edited_model():
     assert erased != unedited and again == unedited
 
 
+def test_gap_with_the_base_held_matches_the_first_order_prediction():
+    """concept_gap's alpha differentiates the concept branch only; holding the base branch at the unedited
+    model's predictions measures exactly that J, so a small shrink lands on the prediction."""
+    from cad_pack.cad_core import predicted_change
+    from cad_pack.nodes.comfy_bridge import measure_on
+    mp = tiny_sd15(seed=15, scale=0.08)
+    attribution = node_path(mp, "concept_gap")
+    mask = select_components(attribution, "erase", 0.05, "per_matrix")
+    # J_gap is a squared distance: its second-order term outgrows the first already at a 0.5% shrink here
+    strength = 0.001
+    with torch.inference_mode():
+        unedited = measure_on(mp, POS, BASE, attribution, hold_base=True)
+        held = measure_on(mp, POS, BASE, attribution, mask, strength, hold_base=True) - unedited
+        both = measure_on(mp, POS, BASE, attribution, mask, strength) - measure_on(mp, POS, BASE, attribution)
+    predicted = predicted_change(attribution, mask, strength)
+    assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
+    assert predicted < 0
+    assert held == pytest.approx(predicted, rel=0.15)
+    assert abs(both) < 0.1 * abs(held)  # both branches move alike when the base is not held: J barely changes
+    assert mp.patches == {}
+
+
 def test_every_concept_image_is_used_even_with_samples_1():
     mp = tiny_sd15(seed=16)
     with torch.inference_mode():

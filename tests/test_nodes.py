@@ -24,6 +24,7 @@ def test_entrypoint_lists_the_design_card_nodes(cad_pack):
     ids = {n.define_schema().node_id: n.define_schema().display_name for n in nodes}
     assert ids["CADAttribute"] == "CAD Attribute" and ids["CADEraseMask"] == "CAD Erase Mask"
     assert ids["CADAmplifyMask"] == "CAD Amplify Mask" and ids["ApplyCADMask"] == "Apply CAD Mask"
+    assert ids["CADAttributionMap"] == "CAD Attribution Map"
     assert not hasattr(cad_pack, "NODE_CLASS_MAPPINGS")  # V1 mappings would make ComfyUI skip V3
 
 

@@ -65,10 +65,30 @@ def test_erase_workflow_end_to_end(comfy_server):
     assert progress and progress[-1]["data"]["value"] == progress[-1]["data"]["max"] == 3
 
 
+def test_attribution_map_sends_its_rows_and_a_preview_over_the_websocket(comfy_server):
+    from PIL import Image
+
+    graph = erase_graph(comfy_server.ckpt_name)
+    # a seed no other test uses: cached nodes send no outputs, and this test reads node 5's and 6's
+    graph["5"]["inputs"]["seed"] = 4242
+    graph["11"] = {"class_type": "CADAttributionMap", "inputs": {"attribution": ["5", 0], "mask": ["6", 0],
+                                                                 "width": 512, "height": 256}}
+    result = comfy_server.run(graph, timeout=600)
+    assert result["status"] == "success", f"{result['error']}\n{comfy_server.log_tail()}"
+    out = result["outputs"]
+    chart = out["11"]["cad_map"][0]
+    assert [(r["block"], r["positive_mass"]) for r in chart["rows"]] == [
+        (b["block"], b["positive_mass"]) for b in out["5"]["cad_summary"][0]["blocks"]]
+    assert sum(r["selected"] for r in chart["rows"]) == out["6"]["cad_mask"][0]["selected"] == chart["mask"]["selected"]
+    preview = out["11"]["images"][0]
+    png = Image.open(io.BytesIO(comfy_server.view(preview["filename"], preview["subfolder"], preview["type"])))
+    assert png.size == (512, 256)
+
 def test_object_info_has_tooltips_and_display_names(comfy_server):
     info = comfy_server.object_info()
     expected = {"CADAttribute": "CAD Attribute", "CADEraseMask": "CAD Erase Mask",
-                "CADAmplifyMask": "CAD Amplify Mask", "ApplyCADMask": "Apply CAD Mask"}
+                "CADAmplifyMask": "CAD Amplify Mask", "ApplyCADMask": "Apply CAD Mask",
+                "CADAttributionMap": "CAD Attribution Map"}
     for node_id, name in expected.items():
         node = info[node_id]
         assert node["display_name"] == name and node["category"] == "CAD" and node["description"]

@@ -71,7 +71,8 @@ class ToyWorld:
         return {s: self.accuracy(model, s, per_colour, seed) for s in SHAPES}
 
     def attribute(self, shape: str, objective: str = "concept_gap", steps: int = 20, seed: int = 0,
-                  samples: int = 1, schedule: str = "single", model=None, contrast: str = "colour"):
+                  samples: int = 1, schedule: str = "single", model=None, contrast: str = "colour",
+                  scope: str = "ff", scope_regex: str = ""):
         """CAD attribution of a shape. contrast='colour' sums, over the colours, 'a <c> <shape>' against
         'a <c>' (the shape is the only difference); contrast='empty' uses 'a <shape>' against ''."""
         model = model or self.model
@@ -86,7 +87,7 @@ class ToyWorld:
             with torch.inference_mode():
                 parts.append(attribute_model(
                     model, self.cond(positive), self.cond(base), {"samples": torch.zeros((1, 48, 8, 8))},
-                    objective=objective, steps=steps, guidance=CFG, seed=seed + i, samples=samples, scope="ff",
+                    objective=objective, steps=steps, guidance=CFG, seed=seed + i, samples=samples, scope=scope, scope_regex=scope_regex,
                     schedule=schedule, concept_latent=concept))
         return sum_attributions(parts)
 

@@ -1,0 +1,205 @@
+"""The example workflows shipped in example_workflows/ (ComfyUI's template browser lists them under
+"comfyui-cad"), as API graphs on the embedded CAD Demo Model.
+
+Each builder returns an `Example`: the API graph, which nodes show the comparison images (for the
+thumbnail and the tests), and a note shown on the canvas. scripts/make_example_workflows.py writes them
+in UI format, with a thumbnail from their real output.
+
+Parameters are close to the demo's (scripts/demo_workflow.py): 64x64 latents, 20 steps, CFG 3, per_row
+selection; each workflow runs in seconds on two CPU cores.
+"""
+import os
+from dataclasses import dataclass, field
+
+STEPS, CFG, IMAGES = 20, 3.0, 4
+ERASE_RATIO, AMPLIFY_RATIO = 0.05, 0.01
+TARGET, PROTECTED = "triangle", "square"
+SAVED_PREFIX = "examples/toy_triangle"
+# What Save CAD Attribution writes the first time into an empty models/cad/, and Load then reads.
+SAVED_FILE = SAVED_PREFIX + "_00001_.safetensors"
+
+
+@dataclass
+class Example:
+    name: str
+    graph: dict
+    note: str
+    # (row label, id of a Preview/Save Image node): the images the thumbnail shows, top to bottom
+    image_rows: list = field(default_factory=list)
+
+
+class GraphBuilder:
+    """Numbered API-graph nodes; `add` returns the link to the node's first output."""
+
+    def __init__(self):
+        self.graph = {}
+
+    def add(self, nid, class_type, title=None, **inputs):
+        self.graph[str(nid)] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": title or class_type}}
+        return [str(nid), 0]
+
+
+def _toy_model(g):
+    """The demo model, the empty base prompt and the two latent sizes every example uses."""
+    model = g.add(1, "CADDemoModel", "CAD Demo Model")
+    clip, vae = [model[0], 1], [model[0], 2]
+    empty = g.add(2, "CLIPTextEncode", "base: empty prompt", text="", clip=clip)
+    one = g.add(3, "EmptyLatentImage", "attribution size", width=64, height=64, batch_size=1)
+    many = g.add(4, "EmptyLatentImage", "images per prompt", width=64, height=64, batch_size=IMAGES)
+    return model, clip, vae, empty, one, many
+
+
+def _attribute(g, nid, model, concept, empty, latent, title, objective="concept_gap", **extra):
+    return g.add(nid, "CADAttribute", title, model=model, positive=concept, base=empty, latent=latent,
+                 objective=objective, steps=STEPS, guidance=CFG, seed=0, samples=2, scope="ff",
+                 schedule="single", scope_regex="", **extra)
+
+
+def _map(g, attribution, mask):
+    """CAD Attribution Map (which blocks carry the concept, and what the mask takes) into a Preview Image."""
+    picture = g.add(15, "CADAttributionMap", "CAD Attribution Map", attribution=attribution, mask=mask,
+                    width=768, height=384)
+    g.add(16, "PreviewImage", "attribution map (image)", images=picture)
+
+
+def _sample_and_preview(g, nid, model, cond, empty, latent, vae, title, seed):
+    """KSampler -> VAE Decode -> Preview Image at nid, nid+1, nid+2; returns the preview's id."""
+    sampled = g.add(nid, "KSampler", title, model=model, positive=cond, negative=empty, latent_image=latent,
+                    seed=seed, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0)
+    image = g.add(nid + 1, "VAEDecode", samples=sampled, vae=vae)
+    g.add(nid + 2, "PreviewImage", f"{title} (images)", images=image)
+    return str(nid + 2)
+
+
+def _compare(g, nid, models, prompts, clip, empty, latent, vae):
+    """Each prompt sampled with each (label, model), same seed per prompt; returns the image rows."""
+    rows = []
+    for p, text in enumerate(prompts):
+        cond = g.add(nid + 20 * p, "CLIPTextEncode", f"prompt: {text}", text=text, clip=clip)
+        for m, (label, model) in enumerate(models):
+            title = f"{label}: {text}"
+            rows.append((title, _sample_and_preview(g, nid + 20 * p + 1 + 3 * m, model, cond, empty, latent, vae,
+                                                    title, seed=100 + p)))
+    return rows
+
+
+def _red_shape(g, clip, shape, nid):
+    """'a red <shape>', to be scored against _colour_base ('a red'): the scores then single out the shape,
+    not the colour (on the toy model this erases far more selectively than 'a <shape>' against '')."""
+    return g.add(nid, "CLIPTextEncode", f"concept: a red {shape}", text=f"a red {shape}", clip=clip)
+
+
+def _colour_base(g, clip):
+    return g.add(7, "CLIPTextEncode", "base: a red", text="a red", clip=clip)
+
+
+def _erase(g, model, attribution, protect=None, title="CAD Erase Mask"):
+    extra = {"protect": protect} if protect else {}
+    mask = g.add(11, "CADEraseMask", title, attribution=attribution, ratio=ERASE_RATIO, granularity="per_row",
+                 **extra)
+    erased = g.add(12, "ApplyCADMask", "Apply CAD Mask", model=model, mask=mask, strength=1.0)
+    _map(g, attribution, mask)
+    return erased
+
+
+def erase_a_concept():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
+    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    erased = _erase(g, model, attribution)
+    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}", "a green circle"], clip,
+                    empty, many, vae)
+    note = (f"# Erase a concept\nCAD Attribute scores every feed-forward weight of the toy model for 'a red "
+            f"{TARGET}' against 'a red', so the scores single out the shape rather than the colour (positive = "
+            f"carries it). CAD Erase Mask picks the top {ERASE_RATIO:.0%} of each row, Apply CAD Mask zeroes them "
+            f"in a copy of the model, and each prompt is sampled with both models from the same seed. The circle "
+            f"shows what the edit leaves alone. After a run the CAD nodes chart their scores per block; CAD Attribution Map draws the same chart as an image, with the "
+            f"share of each block the mask takes.")
+    return Example("cad_1_erase_a_concept", g.graph, note, rows)
+
+
+def amplify_a_concept():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    concept = g.add(5, "CLIPTextEncode", f"concept: a {TARGET}", text=f"a {TARGET}", clip=clip)
+    pictures = g.add(6, "KSampler", f"pictures of a {TARGET}", model=model, positive=concept, negative=empty,
+                     latent_image=many, seed=1, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                     denoise=1.0)
+    attribution = _attribute(g, 10, model, concept, empty, one, f"CAD Attribute: likelihood of a {TARGET}",
+                             objective="concept_likelihood", concept_latent=pictures)
+    mask = g.add(11, "CADAmplifyMask", "CAD Amplify Mask", attribution=attribution, ratio=AMPLIFY_RATIO,
+                 granularity="per_row")
+    amplified = g.add(12, "ApplyCADMask", "Apply CAD Mask", model=model, mask=mask, strength=1.0)
+    _map(g, attribution, mask)
+    rows = _compare(g, 100, [("original", model), ("amplified", amplified)], [f"a green {TARGET}"], clip, empty,
+                    many, vae)
+    note = (f"# Amplify a concept\nWith objective concept_likelihood, CAD Attribute measures how well the model "
+            f"denoises pictures of a {TARGET} (here its own samples, wired into concept_latent). Negative scores "
+            f"work against the concept: CAD Amplify Mask selects the most negative ones and Apply CAD Mask "
+            f"removes them. The toy model already draws triangles well, so the change here is small (larger ratios "
+            f"start to damage the pictures); amplifying shows best as a repair after an erase "
+            f"(cad_demo_erase_amplify).")
+    return Example("cad_2_amplify_a_concept", g.graph, note, rows)
+
+
+def erase_while_protecting():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    base = _colour_base(g, clip)
+    concept, kept = _red_shape(g, clip, TARGET, 5), _red_shape(g, clip, PROTECTED, 6)
+    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    protect = _attribute(g, 13, model, kept, base, one, f"CAD Attribute: a red {PROTECTED} vs a red (to keep)")
+    erased = _erase(g, model, attribution, protect, f"CAD Erase Mask (protecting the {PROTECTED})")
+    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}", f"a red {PROTECTED}"],
+                    clip, empty, many, vae)
+    note = (f"# Erase while protecting\nTwo attributions: 'a red {TARGET}' (to erase) and 'a red {PROTECTED}' "
+            f"(to keep), both against 'a red'. Wired into the Erase Mask's protect input, the second one vetoes "
+            f"every component that carries the {PROTECTED} (positive score there), so fewer weights are selected "
+            f"(compare the count with cad_1). How much of the {PROTECTED} survives depends on how much the two "
+            f"concepts share: on this small toy model it still suffers. Compare both prompts before and after.")
+    return Example("cad_3_erase_while_protecting", g.graph, note, rows)
+
+
+def save_attribution():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
+    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    g.add(14, "CADSaveAttribution", "Save CAD Attribution", attribution=attribution, filename_prefix=SAVED_PREFIX)
+    erased = _erase(g, model, attribution)
+    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    note = (f"# Save an attribution (step 1 of 2)\nAttributing costs a backward pass per step; Save CAD "
+            f"Attribution keeps the scores in models/cad/{SAVED_PREFIX}_NNNNN_.safetensors, with a fingerprint "
+            f"of the model, so other workflows can reuse them. Run this, then open cad_4b_load_attribution.")
+    return Example("cad_4a_save_attribution", g.graph, note, rows)
+
+
+def load_attribution():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    attribution = g.add(10, "CADLoadAttribution", "Load CAD Attribution", file=SAVED_FILE, model=model)
+    erased = _erase(g, model, attribution)
+    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    note = (f"# Load an attribution (step 2 of 2)\nRun cad_4a_save_attribution first: it writes "
+            f"models/cad/{SAVED_FILE} (press R afterwards to refresh the file list). Load CAD Attribution reads "
+            f"it without recomputing and, with the model connected, refuses a file made for another model. The "
+            f"erased images match step 1's: same scores, same mask, same seed.")
+    return Example("cad_4b_load_attribution", g.graph, note, rows)
+
+
+def demo_erase_amplify():
+    """`make demo`'s workflow (scripts/demo_workflow.py): original vs erased vs amplified, four prompts."""
+    import demo_workflow
+    graph, save_nodes = demo_workflow.build_api_graph()
+    prompt = demo_workflow.PROMPTS[0]
+    rows = [(branch, save_nodes[(prompt, branch)]) for branch in demo_workflow.BRANCHES]
+    return Example(os.path.splitext(os.path.basename(demo_workflow.UI_FILE))[0], graph, demo_workflow.NOTE, rows)
+
+
+BUILDERS = (erase_a_concept, amplify_a_concept, erase_while_protecting, save_attribution, load_attribution,
+            demo_erase_amplify)
+
+
+def all_examples():
+    return [build() for build in BUILDERS]
