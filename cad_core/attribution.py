@@ -99,10 +99,11 @@ class GradientAccumulator:
 
     def __init__(self, shapes: Mapping[str, tuple], device: torch.device | str = "cpu"):
         self.sums = {k: torch.zeros(tuple(shape), dtype=torch.float32, device=device) for k, shape in shapes.items()}
+        self.unscale = 1.0  # the loss scale the gradients arrive multiplied by (TrajectoryPlan.loss_scale)
 
     def add(self, key: str, grad: torch.Tensor) -> None:
         target = self.sums[key]
-        target.add_(grad.detach().to(device=target.device, dtype=torch.float32))
+        target.add_(grad.detach().to(device=target.device, dtype=torch.float32), alpha=1.0 / self.unscale)
 
     def alpha(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """alpha = w * sum_t dJ_t/dw; J is a sum over visits, so one multiply at the end suffices."""
@@ -168,6 +169,7 @@ def attribute(objective: str, concept: Callable, base: Callable, plan: Trajector
     if samples < 1:
         raise CADError(f"samples must be at least 1, got {samples}.")
     counts, started = CallCounts(), time.perf_counter()
+    accumulator.unscale = plan.loss_scale
     per_sample = plan.units_of_work(objective, generate_samples=images is None)
     for sample in range(samples):
         # Progress runs once from 0 to the total over all samples, not once per sample.
@@ -184,7 +186,7 @@ def attribute(objective: str, concept: Callable, base: Callable, plan: Trajector
             f"predictions. Check the model (a broken or fp16-overflowing checkpoint?) and try again.")
     scores = accumulator.alpha(weights)
     info = {"objective": objective, "steps": plan.steps, "guidance": plan.guidance, "schedule": plan.schedule,
-            "samples": samples, "parameterization": plan.parameterization.name,
+            "samples": samples, "parameterization": plan.parameterization.name, "loss_scale": plan.loss_scale,
             "unet_calls": counts.as_dict(), "seconds": round(time.perf_counter() - started, 3),
             "pack_version": PACK_VERSION, **(meta or {})}
     result = Attribution(scores, fingerprint, info, counts.points)

@@ -11,6 +11,7 @@ Schedules for the concept-gap objective:
   (The reference code labels the latent after step t with timestep t-1; here x_t is always paired
   with the sigma it was sampled at.)
 """
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -59,6 +60,10 @@ class TrajectoryPlan:
     schedule: str = "single"
     make_noise: Callable[[int, int], torch.Tensor] = field(default=None)  # (sample, restart) -> noise like the latent
     on_progress: Callable[[int, int], None] = field(default=lambda done, total: None)
+    # J is multiplied by this before each backward pass and the gradient sums are divided by it again
+    # (GradientAccumulator.unscale): fp16 backward passes lose the tiny gradients of a mean over a whole
+    # latent to underflow otherwise. 1 for fp32/bf16 models; see loss_scale_for.
+    loss_scale: float = 1.0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -69,6 +74,8 @@ class TrajectoryPlan:
             raise CADError("Every sigma but the last must be positive: the objectives divide by sigma.")
         if self.make_noise is None:
             raise CADError("TrajectoryPlan needs make_noise(sample, restart) to draw the trajectories' noise.")
+        if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
+            raise CADError(f"loss_scale must be a positive finite number, got {self.loss_scale}.")
 
     @property
     def steps(self) -> int:
@@ -94,7 +101,7 @@ def visit_concept_gap(concept: Denoise, base: Denoise, plan: TrajectoryPlan, cou
             x0_b = base(x_t, sig[i])
         with torch.enable_grad():
             j = concept_gap(p, x_t, sig[i], x0_c, x0_b)
-            j.backward()
+            (j * plan.loss_scale).backward()
         counts.forward_backward += 1
         counts.forward_no_grad += 1
         counts.visits += 1
@@ -147,7 +154,7 @@ def visit_concept_likelihood(concept: Denoise, base: Denoise, plan: TrajectoryPl
         x_t = p.add_noise(images, eps, sig[i])
         with torch.enable_grad():
             j = concept_likelihood(p, x_t, sig[i], concept(x_t, sig[i]), eps)
-            j.backward()
+            (j * plan.loss_scale).backward()
         counts.forward_backward += 1
         counts.visits += 1
         counts.points.append(Visit(x_t.detach().cpu(), sig[i].detach().cpu(), eps.detach().cpu()))
@@ -173,6 +180,14 @@ def measure_objective(objective: str, concept: Denoise, base: Denoise, parameter
                 j = concept_likelihood(parameterization, v.x_t, v.sigma, concept(v.x_t, v.sigma), v.eps)
             total += float(j)
     return total
+
+
+def loss_scale_for(compute_dtype: torch.dtype, latent_numel: int) -> float:
+    """fp16 computes: 2**k >= the number of latent elements, so that J (a mean) backpropagates like a sum,
+    whose gradients sit in fp16's normal range; a power of two keeps the division exact. Otherwise 1."""
+    if compute_dtype != torch.float16:
+        return 1.0
+    return float(2 ** max(0, math.ceil(math.log2(max(latent_numel, 1)))))
 
 
 def base_predictions(base: Denoise, points) -> list[torch.Tensor]:

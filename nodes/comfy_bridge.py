@@ -19,7 +19,7 @@ from comfy.weight_adapter import WeightAdapterBase
 
 from ..cad_core import (Attribution, CADError, GradientAccumulator, Mask, TrajectoryPlan, attribute,
                         model_fingerprint, resolve_scope, scale_selected, verify_ablation)
-from ..cad_core.trajectory import base_predictions, measure_objective
+from ..cad_core.trajectory import base_predictions, loss_scale_for, measure_objective
 from ..cad_core.noise import FlowMatching, VarianceExploding
 from .autograd_safe import ordinary_copies_of_plain_parameters
 
@@ -207,7 +207,8 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
                 return torch.randn((1, *noise.shape[1:]), generator=g).to(noise)
 
             plan = TrajectoryPlan(sigmas_dev, parameterization, guidance, schedule, make_noise,
-                                  on_progress or (lambda done, total: None))
+                                  on_progress or (lambda done, total: None),
+                                  loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()))
             given = processed_latent if images is not None else None
             runs = samples if given is None else max(samples, len(given))  # every concept image counts
             result["attribution"] = attribute(
@@ -230,6 +231,12 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
             del grad_model
             comfy.model_management.soft_empty_cache()
     return result["attribution"]
+
+
+def compute_dtype_of(model) -> torch.dtype:
+    """The dtype the model's layers compute in: the manual-cast dtype (ModelComputeDtype sets it as an
+    object patch) or else the stored weights' dtype."""
+    return model.get_model_object("manual_cast_dtype") or model.model_dtype()
 
 
 class ProbedWeights:

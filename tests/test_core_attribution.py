@@ -17,6 +17,7 @@ from cad_pack.cad_core import (
     VarianceExploding, attribute, faithfulness, predicted_change, scale_selected, select_components,
     verify_ablation,
 )
+from cad_pack.cad_core.trajectory import loss_scale_for
 
 DIM, COND, HIDDEN = 4, 3, 10
 SCOPE = ("fc1.weight", "fc2.weight", "fc3.weight")          # biases stay out of scope on purpose
@@ -170,7 +171,7 @@ def parameterization(kind):
 
 
 def run_attribute(model, kind, objective, schedule="single", samples=1, images=None, sigmas=None,
-                  dtype=torch.float64, on_progress=None, keys=SCOPE):
+                  dtype=torch.float64, on_progress=None, keys=SCOPE, loss_scale=1.0):
     """Attribute with the documented wiring: ParameterGradientCapture + GradientAccumulator + attribute()."""
     sigmas = SIGMAS[kind] if sigmas is None else sigmas
     params = dict(model.named_parameters())
@@ -178,7 +179,7 @@ def run_attribute(model, kind, objective, schedule="single", samples=1, images=N
     concept = Recorder(lambda x, s: model(x.to(dtype), s, CONCEPT_COND))
     base = Recorder(lambda x, s: model(x.to(dtype), s, BASE_COND))
     plan = TrajectoryPlan(torch.tensor(sigmas, dtype=torch.float64), parameterization(kind), guidance=GUIDANCE,
-                          schedule=schedule, make_noise=lambda n, r: make_noise(n, r, dtype))
+                          schedule=schedule, make_noise=lambda n, r: make_noise(n, r, dtype), loss_scale=loss_scale)
     if on_progress is not None:
         plan.on_progress = on_progress
     with ParameterGradientCapture(model, keys, acc):
@@ -552,6 +553,27 @@ def test_attribute_input_errors():
         TrajectoryPlan(torch.tensor([1.0, 0.0]), VarianceExploding(), schedule="fast")
     with pytest.raises(CADError, match="steps >= 1"):
         TrajectoryPlan(torch.tensor([1.0]), VarianceExploding())
+
+
+@pytest.mark.parametrize("objective", ["concept_gap", "concept_likelihood"])
+def test_loss_scale_is_divided_out_again(objective):
+    """Scaling J before backward (for fp16 models) must not change alpha: the accumulator unscales."""
+    plain, _, _ = run_attribute(ToyDenoiser(seed=5), "variance_exploding", objective)
+    scaled, _, _ = run_attribute(ToyDenoiser(seed=5), "variance_exploding", objective, loss_scale=4096.0)
+    assert scaled.meta["loss_scale"] == 4096.0 and plain.meta["loss_scale"] == 1.0
+    for k, s in plain.scores.items():
+        torch.testing.assert_close(scaled.scores[k], s, rtol=1e-6, atol=1e-6 * s.abs().max().item())
+
+
+def test_loss_scale_only_for_fp16_and_a_power_of_two_covering_the_latent():
+    assert loss_scale_for(torch.float32, 16384) == 1.0 and loss_scale_for(torch.bfloat16, 16384) == 1.0
+    assert loss_scale_for(torch.float16, 16384) == 16384.0  # SD1.5 at 512 px: 4 x 64 x 64
+    assert loss_scale_for(torch.float16, 3 * 48 * 48) == 8192.0
+    assert loss_scale_for(torch.float16, 1) == 1.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(CADError, match="loss_scale"):
+            TrajectoryPlan(torch.tensor([1.0, 0.0]), VarianceExploding(), make_noise=lambda s, r: torch.zeros(1),
+                           loss_scale=bad)
 
 
 def test_nan_model_raises_helpful_error():
