@@ -89,9 +89,16 @@ def sum_attributions(attributions: list["Attribution"]) -> "Attribution":
         if set(other.scores) != set(first.scores):
             raise CADError("These attributions score different weights (different scopes); attribute them "
                            "with the same scope to sum them.")
+        if other.meta.get("objective") != first.meta.get("objective"):
+            raise CADError(f"These attributions use different objectives ({first.meta.get('objective')} and "
+                           f"{other.meta.get('objective')}), whose scores are on different scales; sum "
+                           f"attributions made with the same objective.")
+    if len(attributions) == 1:
+        return first
     scores = {k: sum(a.scores[k] for a in attributions) for k in first.scores}
-    meta = {**first.meta, "summed_from": len(attributions)}
-    return Attribution(scores, first.fingerprint, meta, [p for a in attributions for p in a.points])
+    meta = {**first.meta, "summed_from": sum(a.meta.get("summed_from", 1) for a in attributions)}
+    # Visited latents belong to one prompt pair each: a sum has no single J to re-measure them with.
+    return Attribution(scores, first.fingerprint, meta, [])
 
 
 class GradientAccumulator:

@@ -306,8 +306,9 @@ def measure_on(model, positive, base, attribution: Attribution, mask: Mask | Non
     stop-gradient does, so the measured change is the one alpha estimates to first order.
     """
     if not attribution.points:
-        raise CADError("This attribution carries no visited latents (attributions loaded from files do not), so "
-                       "its prediction cannot be checked. Verify an attribution straight from CAD Attribute.")
+        raise CADError("This attribution carries no visited latents (attributions loaded from files or summed "
+                       "from several do not), so its prediction cannot be checked. Verify an attribution straight "
+                       "from CAD Attribute.")
     check_fingerprint(model, attribution.fingerprint, "attribution")
     objective, parameterization = attribution.meta["objective"], parameterization_of(model)
     held = None

@@ -9,9 +9,10 @@ from .demo_model_node import CADDemoModel
 from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
 from .map_node import CADAttributionMap
 from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
+from .sum_node import CADSumAttributions
 from .verify_node import CADVerify
 
-NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADVerify,
+NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADSumAttributions, CADVerify,
          CADAttributionMap, CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADDemoModel]
 
 

@@ -601,4 +601,10 @@ def test_sum_attributions_adds_scores_and_refuses_mixed_models():
     with pytest.raises(CADError, match="different models"):
         sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f2", {})])
     with pytest.raises(CADError, match="different weights"):
-        sum_attributions([a, Attribution({"v": torch.zeros(2)}, "f1", {})])
+        sum_attributions([a, Attribution({"v": torch.zeros(2)}, "f1", {"objective": "concept_gap"})])
+    with pytest.raises(CADError, match="different objectives"):
+        sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f1", {"objective": "concept_likelihood"})])
+    # sums of sums count every part; a sum keeps no visited latents (they belong to one prompt pair each)
+    assert sum_attributions([total, a]).meta["summed_from"] == 3
+    assert sum_attributions([total, a]).points == []
+    assert sum_attributions([a]) is a

@@ -24,7 +24,7 @@ def test_entrypoint_lists_the_design_card_nodes(cad_pack):
     ids = {n.define_schema().node_id: n.define_schema().display_name for n in nodes}
     assert ids["CADAttribute"] == "CAD Attribute" and ids["CADEraseMask"] == "CAD Erase Mask"
     assert ids["CADAmplifyMask"] == "CAD Amplify Mask" and ids["ApplyCADMask"] == "Apply CAD Mask"
-    assert ids["CADAttributionMap"] == "CAD Attribution Map"
+    assert ids["CADAttributionMap"] == "CAD Attribution Map" and ids["CADSumAttributions"] == "CAD Sum Attributions"
     assert not hasattr(cad_pack, "NODE_CLASS_MAPPINGS")  # V1 mappings would make ComfyUI skip V3
 
 
@@ -89,3 +89,14 @@ def test_validate_inputs_rejects_unknown_combo_values():
     assert "scope 'everything'" in CADAttribute.validate_inputs(objective="concept_gap", scope="everything",
                                                                 schedule="single")
     assert "granularity" in CADEraseMask.validate_inputs(granularity="per_pixel")
+
+
+def test_sum_attributions_node_adds_scores_and_reports_the_total():
+    from cad_pack.nodes.sum_node import CADSumAttributions
+    a, b = scores_attribution([[3.0, -1.0]]), scores_attribution([[1.0, 4.0]])
+    out = CADSumAttributions.execute(attribution_a=a, attribution_b=b)
+    assert out.args[0].scores[KEY].tolist() == [[4.0, 3.0]]
+    summary = out.ui["cad_summary"][0]
+    assert summary["positive_mass"] == 7.0 and summary["negative_mass"] == 0.0
+    with pytest.raises(CADError, match="different models"):
+        CADSumAttributions.execute(attribution_a=a, attribution_b=scores_attribution([[1.0, 1.0]], "0" * 16))

@@ -9,7 +9,7 @@ const WIDGET_MARGINS = 20;
 const MAX_CHART_WIDTH = 640;
 
 const CAD_NODES = new Set([
-  "CADAttribute", "CADEraseMask", "CADAmplifyMask", "CADCombineMasks", "CADAttributionMap",
+  "CADAttribute", "CADSumAttributions", "CADEraseMask", "CADAmplifyMask", "CADCombineMasks", "CADAttributionMap",
   "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask",
 ]);
 
