@@ -8,7 +8,7 @@
     verify_ablation(), faithfulness()   compare predicted with measured effects
 """
 from .attribution import Attribution, GradientAccumulator, ParameterGradientCapture, attribute, sum_attributions
-from .block_map import block_map, block_map_text
+from .block_map import block_map
 from .blocks import block_of, short_block_name
 from .errors import CADError, CADFileError
 from .fingerprint import model_fingerprint

@@ -61,18 +61,3 @@ def _mask_totals(mask: Mask) -> dict:
     summary = mask.summary()
     return {name: summary[name] for name in ("mode", "ratio", "granularity", "selected", "scoped_weights",
                                              "percent_of_scope")}
-
-
-def block_map_text(rows_and_totals: dict) -> str:
-    """The map as text lines, for logs and the node's text panel."""
-    m = rows_and_totals
-    lines = [f"CAD attribution map ({m['objective']}, scope {m['scope']}): {m['weights']:,} weights; "
-             f"positive mass {m['positive_mass']:.4g}, negative mass {m['negative_mass']:.4g}."]
-    if m["mask"] is not None:
-        lines.append(f"{m['mask']['mode']} mask: {m['mask']['selected']:,} of {m['mask']['scoped_weights']:,} "
-                     f"weights selected ({m['mask']['percent_of_scope']:.4f}%).")
-    for r in m["rows"]:
-        share = "" if r["share"] is None else f"  selected {r['selected']:,} ({100 * r['share']:.3f}%)"
-        lines.append(f"  {r['block']:<18} +{r['positive_mass']:.4g} / {r['negative_mass']:.4g}  "
-                     f"({r['weights']:,} weights){share}")
-    return "\n".join(lines)

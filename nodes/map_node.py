@@ -1,7 +1,7 @@
 """CAD Attribution Map: a picture of where a concept lives, block by block."""
 from comfy_api.latest import io, ui
 
-from ..cad_core import block_map, block_map_text
+from ..cad_core import block_map
 from .cad_types import CadAttribution, CadMask
 from .map_render import image_tensor, render_block_map
 from .validation import check_numbers, require_numbers
@@ -40,4 +40,5 @@ class CADAttributionMap(io.ComfyNode):
         per_block = block_map(attribution, mask)
         image = image_tensor(render_block_map(per_block, width, height))
         preview = ui.PreviewImage(image, cls=cls).as_dict()
-        return io.NodeOutput(image, ui={**preview, "cad_map": [per_block], "text": [block_map_text(per_block)]})
+        # no text summary: the picture and the on-node chart already show every number
+        return io.NodeOutput(image, ui={**preview, "cad_map": [per_block]})
