@@ -7,6 +7,8 @@ inference_mode(False), with weight wrappers: probes on the scoped weights (ident
 capture dJ/dW) and copy-forcing identity wrappers on every other weight so downstream layers get
 ordinary tensors they may save for backward. Nodes stay thin; they call the functions at the end.
 """
+import contextlib
+
 import torch
 
 import comfy.model_management
@@ -151,6 +153,25 @@ def remove_cad_wrappers(model) -> None:
                 setattr(module, attr, [f for f in functions if not isinstance(f, _CADWeightFunction)])
 
 
+def _modules_with_cad_wrappers(root) -> list:
+    return [m for m in root.modules()
+            if any(isinstance(f, _CADWeightFunction) for f in getattr(m, "weight_function", None) or ())]
+
+
+@contextlib.contextmanager
+def _cad_wrappers_lifted(modules):
+    """Without gradients the probes and copiers do nothing, but their mere presence makes ComfyUI copy every
+    weight on every forward (comfy.ops cast_to(copy=True)); no-grad forwards run without them."""
+    saved = [(m, m.weight_function) for m in modules]
+    for m, functions in saved:
+        m.weight_function = [f for f in functions if not isinstance(f, _CADWeightFunction)]
+    try:
+        yield
+    finally:
+        for m, functions in saved:
+            m.weight_function = functions
+
+
 # --- the attribution sampler -------------------------------------------------------------------------
 
 class _AttributionSampler(comfy.samplers.Sampler):
@@ -163,12 +184,17 @@ class _AttributionSampler(comfy.samplers.Sampler):
                disable_pbar=False):
         inner, conds, options = model_wrap.inner_model, model_wrap.conds, extra_args["model_options"]
 
+        wrapped = _modules_with_cad_wrappers(inner.diffusion_model)
+
         def predictor(name):
             def predict(x, sigma):
                 x = x.to(noise.device)
                 x = x.clone() if x.is_inference() else x
                 s = sigma.reshape(1).to(x).expand(x.shape[0])
-                return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
+                if torch.is_grad_enabled():
+                    return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
+                with _cad_wrappers_lifted(wrapped):
+                    return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
             return predict
 
         # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward; so

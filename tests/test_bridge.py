@@ -195,3 +195,21 @@ def test_every_concept_image_is_used_even_with_samples_1():
     assert attribution.meta["samples"] == 2
     assert attribution.meta["unet_calls"]["forward_backward"] == 2 * STEPS
     assert attribution.meta["unet_calls"]["forward_no_grad"] == 0  # given images: no own samples drawn
+
+
+def test_no_grad_forwards_run_without_the_pack_wrappers_and_get_them_back():
+    """The wrappers only matter with gradients; ComfyUI copies every wrapped weight per forward, so no-grad
+    forwards lift the pack's wrappers (and only the pack's) and restore them, also after an error."""
+    from cad_pack.nodes.comfy_bridge import (CopyForBackward, _cad_wrappers_lifted,
+                                             _modules_with_cad_wrappers)
+    layer, plain = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    other = lambda w: w  # noqa: E731  (a user's weight function, e.g. a low-VRAM LoRA patch)
+    layer.weight_function, plain.weight_function = [CopyForBackward(), other], [other]
+    modules = _modules_with_cad_wrappers(torch.nn.Sequential(layer, plain))
+    assert modules == [layer]
+    original = layer.weight_function
+    with pytest.raises(RuntimeError):
+        with _cad_wrappers_lifted(modules):
+            assert layer.weight_function == [other] and plain.weight_function == [other]
+            raise RuntimeError("cancelled")
+    assert layer.weight_function is original
