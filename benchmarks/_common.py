@@ -81,18 +81,12 @@ def meta_unet_shapes(family: str):
     import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
     import comfy.ops
     import comfy.supported_models
+    from cad_pack.nodes.comfy_bridge import op_weight_shapes
     cls, unet = {"sd15": (comfy.supported_models.SD15, SD15_UNET), "sdxl": (comfy.supported_models.SDXL, SDXL_UNET)}[family]
     cfg = cls(dict(unet))
     net = openaimodel.UNetModel(**{**cfg.unet_config, "dtype": torch.float16}, device="meta",
                                 operations=comfy.ops.disable_weight_init)
-    out = []
-    for name, module in net.named_modules():
-        if isinstance(module, comfy.ops.CastWeightBiasOp):
-            for attr in ("weight", "bias"):
-                p = getattr(module, attr, None)
-                if p is not None:
-                    out.append((f"diffusion_model.{name}.{attr}", tuple(p.shape)))
-    return out
+    return op_weight_shapes(net)
 
 
 def conditioning(family: str, seed: int, size_px: int):

@@ -33,8 +33,13 @@ SCHEDULER = "normal"
 
 def patchable_weights(model) -> list[tuple[str, tuple]]:
     """(key, shape) of every weight and bias ComfyUI can wrap or patch at op time, in model order."""
+    return op_weight_shapes(model.model.diffusion_model)
+
+
+def op_weight_shapes(diffusion_model: torch.nn.Module) -> list[tuple[str, tuple]]:
+    """patchable_weights of a bare diffusion model (also one built on the meta device)."""
     out = []
-    for name, module in model.model.diffusion_model.named_modules():
+    for name, module in diffusion_model.named_modules():
         if isinstance(module, comfy.ops.CastWeightBiasOp):
             for attr in ("weight", "bias"):
                 p = getattr(module, attr, None)
