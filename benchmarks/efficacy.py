@@ -25,7 +25,7 @@ from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # n
 from toyworld.world import SHAPES  # noqa: E402
 
 from cad_pack.cad_core import faithfulness, select_components, sum_attributions  # noqa: E402
-from cad_pack.nodes.comfy_bridge import measure_on  # noqa: E402
+from cad_pack.nodes.comfy_bridge import held_base_on, measure_on  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 
@@ -142,9 +142,12 @@ def main():
         # 'a circle' against '' so that J can be re-measured with exactly these two conditionings.
         att = world.attribute("circle", objective=objective, contrast="empty", samples=2, **scope)
 
+        conds = (world.cond("a circle"), world.cond(""))
+        with torch.inference_mode():
+            held = held_base_on(base_model, *conds, att) if hold_base else None
+
         def measure(mask, strength):
-            return measure_on(base_model, world.cond("a circle"), world.cond(""), att, mask, strength,
-                              hold_base=hold_base)
+            return measure_on(base_model, *conds, att, mask, strength, held_base=held)
 
         for strength, set_size in ((1.0, 100), (0.05, 1000), (0.001, 1000)):
             with torch.inference_mode():

@@ -330,25 +330,33 @@ def apply_mask(model, mask: Mask, strength: float):
 # --- verification ------------------------------------------------------------------------------------
 
 def measure_on(model, positive, base, attribution: Attribution, mask: Mask | None = None, strength: float = 1.0,
-               hold_base: bool = False):
+               held_base: list[torch.Tensor] | None = None):
     """J at the attribution's own visited latents, on `model` or on `model` with `mask` applied.
 
-    hold_base (concept_gap only): take the base branch from the unedited `model`, as the attribution's
-    stop-gradient does, so the measured change is the one alpha estimates to first order.
+    held_base (concept_gap only; from held_base_on): the unedited model's base predictions, used instead of
+    the edited model's, as the attribution's stop-gradient holds them, so the measured change is the one
+    alpha estimates to first order.
     """
+    _check_measurable(model, attribution)
+    objective, parameterization = attribution.meta["objective"], parameterization_of(model)
+    target = model if mask is None else apply_mask(model, mask, strength)
+    return _at_visited_points(target, positive, base, attribution, lambda concept, base_fn: measure_objective(
+        objective, concept, base_fn, parameterization, attribution.points, held_base=held_base))
+
+
+def held_base_on(model, positive, base, attribution: Attribution) -> list[torch.Tensor]:
+    """`model`'s base predictions at the attribution's visited latents, computed once for many measure_on."""
+    _check_measurable(model, attribution)
+    return _at_visited_points(model, positive, base, attribution,
+                              lambda concept, base_fn: base_predictions(base_fn, attribution.points))
+
+
+def _check_measurable(model, attribution: Attribution) -> None:
     if not attribution.points:
         raise CADError("This attribution carries no visited latents (attributions loaded from files or summed "
                        "from several do not), so its prediction cannot be checked. Verify an attribution straight "
                        "from CAD Attribute.")
     check_fingerprint(model, attribution.fingerprint, "attribution")
-    objective, parameterization = attribution.meta["objective"], parameterization_of(model)
-    held = None
-    if hold_base and objective == "concept_gap":
-        held = _at_visited_points(model, positive, base, attribution,
-                                  lambda concept, base_fn: base_predictions(base_fn, attribution.points))
-    target = model if mask is None else apply_mask(model, mask, strength)
-    return _at_visited_points(target, positive, base, attribution, lambda concept, base_fn: measure_objective(
-        objective, concept, base_fn, parameterization, attribution.points, held_base=held))
 
 
 def _at_visited_points(model, positive, base, attribution: Attribution, measure):

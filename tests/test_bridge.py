@@ -169,15 +169,16 @@ def test_gap_with_the_base_held_matches_the_first_order_prediction():
     """concept_gap's alpha differentiates the concept branch only; holding the base branch at the unedited
     model's predictions measures exactly that J, so a small shrink lands on the prediction."""
     from cad_pack.cad_core import predicted_change
-    from cad_pack.nodes.comfy_bridge import measure_on
+    from cad_pack.nodes.comfy_bridge import held_base_on, measure_on
     mp = tiny_sd15(seed=15, scale=0.08)
     attribution = node_path(mp, "concept_gap")
     mask = select_components(attribution, "erase", 0.05, "per_matrix")
     # J_gap is a squared distance: its second-order term outgrows the first already at a 0.5% shrink here
     strength = 0.001
     with torch.inference_mode():
-        unedited = measure_on(mp, POS, BASE, attribution, hold_base=True)
-        held = measure_on(mp, POS, BASE, attribution, mask, strength, hold_base=True) - unedited
+        base_held = held_base_on(mp, POS, BASE, attribution)
+        unedited = measure_on(mp, POS, BASE, attribution, held_base=base_held)
+        held = measure_on(mp, POS, BASE, attribution, mask, strength, held_base=base_held) - unedited
         both = measure_on(mp, POS, BASE, attribution, mask, strength) - measure_on(mp, POS, BASE, attribution)
     predicted = predicted_change(attribution, mask, strength)
     assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
