@@ -6,13 +6,13 @@ equal plain autograd on the same latents; masks must patch and unpatch exactly.
 import pytest
 import torch
 
-import comfy.sample
 from cad_pack.cad_core import Mask, select_components
 from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
 
 from family_models import loaded_weight
 from family_models import plain_autograd_alpha as family_plain_autograd_alpha
 from tiny_models import conditioning, empty_latent, tiny_sd15
+from tiny_models import sample as sample_tiny
 
 POS, BASE = conditioning(1), conditioning(2)
 STEPS, SEED, GUIDANCE = 3, 7, 3.0
@@ -63,11 +63,7 @@ def test_attribution_leaves_no_trace_on_the_model():
 
 
 def sample(mp, seed=11):
-    with torch.inference_mode():
-        latent = empty_latent()["samples"]
-        noise = comfy.sample.prepare_noise(latent, seed)
-        return comfy.sample.sample(mp, noise, 4, 3.0, "euler", "normal", POS, BASE, latent, seed=seed,
-                                   disable_pbar=True)
+    return sample_tiny(mp, POS, BASE, steps=4, seed=seed)
 
 
 def test_original_model_samples_bit_identically_after_cad_nodes():
