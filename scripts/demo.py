@@ -21,11 +21,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from comfy_server import REPO, ComfyServer, reset_dir  # noqa: E402
-from demo_workflow import BRANCHES, TARGET, UI_FILE, build_api_graph  # noqa: E402
+from demo_workflow import BRANCHES, UI_FILE, build_api_graph  # noqa: E402
 from workflow_format import ui_to_api  # noqa: E402
 
 OUT_DIR = os.path.join(REPO, "output", "demo")
 CAD_NODES = ("10", "11", "21", "22")
+ERASE_ATTRIBUTE = "10"
+
+
+def prompt_text(graph: dict, node_id: str, conditioning: str = "positive") -> str:
+    """The text of the CLIP Text Encode feeding `node_id` (through a VAE Decode and a KSampler for a
+    Save Image), read from the graph that runs, so labels and scores follow the workflow file."""
+    upstream = {"SaveImage": "images", "VAEDecode": "samples"}
+    node = graph[node_id]
+    while node["class_type"] != "CLIPTextEncode":
+        node = graph[node["inputs"][upstream.get(node["class_type"], conditioning)][0]]
+    return node["inputs"]["text"]
 
 
 def cell_scores(images, prompt):
@@ -41,7 +52,7 @@ def cell_scores(images, prompt):
             "colour": float((classify_colours(x) == COLOUR_NAMES.index(colour)).float().mean())}
 
 
-def make_grid(cells, prompts, scale=2, label_w=130, label_h=22):
+def make_grid(cells, prompts, target, scale=2, label_w=130, label_h=22):
     """cells[(prompt, branch)] = list of PIL images; one row per prompt, one column per branch."""
     from PIL import Image, ImageDraw
     first = cells[(prompts[0], BRANCHES[0])][0]
@@ -51,7 +62,7 @@ def make_grid(cells, prompts, scale=2, label_w=130, label_h=22):
     grid = Image.new("RGB", (label_w + col_w * len(BRANCHES), label_h + h * len(prompts)), "white")
     draw = ImageDraw.Draw(grid)
     for b, branch in enumerate(BRANCHES):
-        title = {"original": "original", "erase": f"CAD-Erase '{TARGET}'", "amplify": "CAD-Amplify (after erase)"}[branch]
+        title = {"original": "original", "erase": f"CAD-Erase '{target}'", "amplify": "CAD-Amplify (after erase)"}[branch]
         draw.text((label_w + b * col_w + 4, 5), title, fill="black")
     for p, prompt in enumerate(prompts):
         draw.text((6, label_h + p * h + h // 2 - 6), prompt, fill="black")
@@ -73,11 +84,13 @@ def main():
     reset_dir(base)
     with open(UI_FILE) as f:
         ui_workflow = json.load(f)
-    _, save_nodes = build_api_graph()
-    prompts = list(dict.fromkeys(prompt for prompt, _ in save_nodes))
+    _, built_save_nodes = build_api_graph()
     with ComfyServer(base, log_path=os.path.join(OUT_DIR, "server.log")) as srv:
         print(f"[demo] ComfyUI up on {srv.url} in {srv.startup_seconds:.1f}s")
         graph = ui_to_api(ui_workflow, srv.object_info())
+        save_nodes = {(prompt_text(graph, nid), branch): nid for (_, branch), nid in built_save_nodes.items()}
+        prompts = list(dict.fromkeys(prompt for prompt, _ in save_nodes))
+        target = prompt_text(graph, ERASE_ATTRIBUTE).removeprefix("a ")
         t_run = time.time()
         try:
             result = srv.run(graph, timeout=a.timeout)
@@ -94,7 +107,7 @@ def main():
                 Image.open(io.BytesIO(srv.view(i["filename"], i["subfolder"], i["type"]))).convert("RGB")
                 for i in result["outputs"][node]["images"]]
 
-    make_grid(cells, prompts).save(os.path.join(OUT_DIR, "grid.png"))
+    make_grid(cells, prompts, target).save(os.path.join(OUT_DIR, "grid.png"))
     scores = {f"{prompt} | {branch}": cell_scores(ims, prompt) for (prompt, branch), ims in cells.items()}
     lines = ["| prompt | " + " | ".join(BRANCHES) + " |", "|---" * (len(BRANCHES) + 1) + "|"]
     for prompt in prompts:

@@ -15,8 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 UI_FILE = os.path.join(REPO, "example_workflows", "cad_demo_erase_amplify.json")
 
-TARGET = "triangle"
-PROMPTS = ("a red triangle", "a blue triangle", "a green circle", "a yellow cross")
+TARGET = "cross"
+PROMPTS = ("a red cross", "a blue cross", "a green circle", "a yellow triangle")
 BRANCHES = ("original", "erase", "amplify")
 ERASE_RATIO, AMPLIFY_RATIO, STEPS, IMAGES = 0.05, 0.05, 20, 4
 NOTE = (f"# CAD demo: erase, then amplify back\nCAD Attribute (erase) scores the toy model's feed-forward "

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 STEPS, CFG, IMAGES = 20, 3.0, 4
 ERASE_RATIO, AMPLIFY_RATIO = 0.05, 0.01
-TARGET, PROTECTED = "triangle", "square"
-SAVED_PREFIX = "examples/toy_triangle"
+TARGET, PROTECTED = "cross", "square"
+SAVED_PREFIX = "examples/toy_cross"
 # What Save CAD Attribution writes the first time into an empty models/cad/, and Load then reads.
 SAVED_FILE = SAVED_PREFIX + "_00001_.safetensors"
 
@@ -137,7 +137,7 @@ def amplify_a_concept():
     note = (f"# Amplify a concept\nWith objective concept_likelihood, CAD Attribute measures how well the model "
             f"denoises pictures of a {TARGET} (here its own samples, wired into concept_latent). Negative scores "
             f"work against the concept: CAD Amplify Mask selects the most negative ones and Apply CAD Mask "
-            f"removes them. The toy model already draws triangles well, so the change here is small (larger ratios "
+            f"removes them. The toy model already draws this shape well, so the change here is small (larger ratios "
             f"start to damage the pictures); amplifying shows best as a repair after an erase "
             f"(cad_demo_erase_amplify).")
     return Example("cad_2_amplify_a_concept", g.graph, note, rows)

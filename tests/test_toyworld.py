@@ -57,18 +57,22 @@ def test_scorers_are_accurate_on_clean_images():
     assert accuracy["shape"] >= 0.98 and accuracy["colour"] >= 0.98
 
 
-def test_erasing_a_shape_works_and_beats_a_random_control():
-    """A fast version of benchmarks/efficacy.py on fixed seeds: CAD-Erase of 'triangle' (concept_gap,
-    'a triangle' against '', ff scope, per_row 0.1) must cut the triangle's accuracy by at least 0.4,
-    while ablating the same number of weights per matrix at random must not (at most 0.25)."""
+def test_erasing_a_shape_works_beats_a_random_control_and_spares_another_shape():
+    """A fast version of benchmarks/efficacy.py on fixed seeds: CAD-Erase of 'cross' (concept_gap,
+    'a cross' against '', ff scope, per_row 0.1) must cut the cross's accuracy by at least 0.6 while the
+    circle keeps at least 0.75, and ablating the same number of weights per matrix at random must not
+    (at most 0.25). Measured on the committed model: cross 1.00 -> 0.00 with the circle at 0.88."""
     from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control
     world = ToyWorld.load()
-    attribution = world.attribute("triangle", contrast="empty", samples=2)
+    attribution = world.attribute("cross", contrast="empty", samples=2)
     mask = erase_mask(attribution, 0.1)
-    before = world.accuracy(world.model, "triangle", per_colour=4)["shape"]
-    erased = world.accuracy(edited(world.model, mask), "triangle", per_colour=4)["shape"]
-    control = world.accuracy(edited(world.model, matched_control(world.model, mask, "random")), "triangle",
+    erased_model = edited(world.model, mask)
+    before = world.accuracy(world.model, "cross", per_colour=4)["shape"]
+    erased = world.accuracy(erased_model, "cross", per_colour=4)["shape"]
+    circle_after = world.accuracy(erased_model, "circle", per_colour=4)["shape"]
+    control = world.accuracy(edited(world.model, matched_control(world.model, mask, "random")), "cross",
                              per_colour=4)["shape"]
-    assert before >= 0.75, before
-    assert before - erased >= 0.4, (before, erased)
+    assert before >= 0.9, before
+    assert before - erased >= 0.6, (before, erased)
+    assert circle_after >= 0.75, circle_after
     assert before - control <= 0.25, (before, control)

@@ -32,7 +32,7 @@ LATENT_SIZE = 8
 PATCH = 4  # pixels per latent cell along each axis
 LATENT_CHANNELS = 3 * PATCH * PATCH
 CONTEXT_DIM = 32
-WEIGHTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toyworld_v1.safetensors")
+WEIGHTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toyworld_v2.safetensors")
 UNET_PREFIX, TEXT_PREFIX = "model.diffusion_model.", "text_encoder."
 
 UNET_CONFIG = {

@@ -21,7 +21,7 @@ import comfy.sample  # noqa: E402
 
 from cad_pack.cad_core import Mask, protect, select_components, sum_attributions  # noqa: E402
 from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, original_weight  # noqa: E402
-from cad_pack.nodes.toyworld.model import latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
+from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
 
 SAMPLER, SCHEDULER, SAMPLE_STEPS, CFG = "euler", "normal", 20, 3.0
 
@@ -35,10 +35,10 @@ class ToyWorld:
     _conds: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls):
-        verify_weights_file()
+    def load(cls, path: str = WEIGHTS_FILE):
+        verify_weights_file(path)
         with torch.inference_mode():
-            model, clip, vae = load_toyworld()
+            model, clip, vae = load_toyworld(path)
         return cls(model, clip, vae, load_shape_classifier())
 
     def cond(self, text: str):

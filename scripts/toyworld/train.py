@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/toyworld/train.py [--steps N] [--seed S]
 
-Writes nodes/toyworld/toyworld_v1.safetensors (EMA weights, fp16) and its .sha256. The model is
+Writes nodes/toyworld/toyworld_v2.safetensors (EMA weights, fp16) and its .sha256. The model is
 trained through ComfyUI's own BaseModel.apply_model, i.e. exactly the path KSampler samples with.
 """
 import argparse
@@ -157,10 +157,10 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1,
                     help="1 is fastest when anything else runs on the machine (2 threads oversubscribe)")
-    ap.add_argument("--out", default=os.path.join(REPO, "nodes", "toyworld", "toyworld_v1.safetensors"))
+    ap.add_argument("--out", default=os.path.join(REPO, "nodes", "toyworld", "toyworld_v2.safetensors"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     train(a.steps, a.seed, a.batch_size, a.lr, a.out)
