@@ -26,6 +26,7 @@ from toyworld.world import SHAPES  # noqa: E402
 
 from cad_pack.cad_core import faithfulness, select_components, sum_attributions  # noqa: E402
 from cad_pack.nodes.comfy_bridge import held_base_on, measure_on  # noqa: E402
+from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 
@@ -65,6 +66,8 @@ def main():
     ap.add_argument("--sections", nargs="+", default=["erase", "schedules", "amplify", "faithfulness"],
                     choices=["erase", "schedules", "amplify", "faithfulness"])
     ap.add_argument("--faith-sets", type=int, default=None, help="random ablation sets (default 100, quick 30)")
+    ap.add_argument("--weights", default=WEIGHTS_FILE,
+                    help="toy-world weights to measure (default: the committed CAD Demo Model; e.g. a retrained one)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "efficacy.md"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe a busy 2-core machine)")
     a = ap.parse_args()
@@ -74,7 +77,7 @@ def main():
     ratios = a.ratios or ([0.05] if a.quick else [0.02, 0.05, 0.1])
     targets = a.targets
     started = time.time()
-    world = ToyWorld.load()
+    world = ToyWorld.load(a.weights)
     base_model = world.model
     before = world.accuracy_table(base_model, per_colour)
     rows, schedule_rows, amplify_rows, faith_rows, attributions = [], [], [], [], {}
@@ -165,7 +168,7 @@ def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, secon
         machine += f", GPU {torch.cuda.get_device_name()}"
     lines = [
         "# Toy-world efficacy of CAD", "",
-        f"Machine: {machine}. Run time {seconds / 60:.1f} min. Images: "
+        f"Machine: {machine}. Weights: {os.path.basename(a.weights)}. Run time {seconds / 60:.1f} min. Images: "
         f"{a.per_colour} per colour per prompt (x4 colours per shape), sampler euler/normal, "
         f"20 steps, CFG 3, fixed seeds. Scope {a.scope} {a.scope_regex}; selection {a.granularity}; attribution: concept_gap, 20 steps, guidance 3, "
         f"summed over the four colours of 'a <colour> <shape>' against 'a <colour>'.", "",
