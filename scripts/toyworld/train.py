@@ -145,7 +145,9 @@ def save(base, text_model, info: dict, out: str) -> None:
              for k, v in base.diffusion_model.state_dict().items()}
     state.update({f"text_encoder.{k}": v.detach().half().contiguous()
                   for k, v in text_model.transformer.state_dict().items()})
-    save_file(state, out, metadata={"toyworld": json.dumps(info)})
+    # Wall time differs run to run; kept out of the file so a retrain reproduces the checksum bit for bit.
+    recipe = {k: v for k, v in info.items() if k != "seconds"}
+    save_file(state, out, metadata={"toyworld": json.dumps(recipe)})
     digest = hashlib.sha256(open(out, "rb").read()).hexdigest()
     with open(out + ".sha256", "w") as f:
         f.write(f"{digest}  {os.path.basename(out)}\n")
