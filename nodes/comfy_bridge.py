@@ -5,14 +5,17 @@ ComfyUI runs every node under torch.inference_mode() and loaders create weights 
 tensors, which autograd refuses to save. Attribution therefore runs on a clone of the MODEL inside
 inference_mode(False), with weight wrappers: probes on the scoped weights (identity in value,
 capture dJ/dW) and copy-forcing identity wrappers on every other weight so downstream layers get
-ordinary tensors they may save for backward. Nodes stay thin; they call the functions at the end.
+private tensors they may save for backward. Under ComfyUI's Dynamic VRAM (0.33+, on by default on
+GPUs) the clone is a non-dynamic reload of the model (see differentiable_source). Nodes stay thin;
+they call the functions at the end.
 """
 import contextlib
+import inspect
+import logging
 
 import torch
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.ops
 import comfy.sample
 import comfy.samplers
@@ -72,30 +75,46 @@ def parameterization_of(model):
     """How sampling mixes noise into latents, which the objectives need to recover eps from x0.
 
     apply_model returns x0 for every prediction type, so only the noising form matters: eps, v, EDM and
-    x0 models (comfy.model_sampling.EPS and subclasses) use x_t = x0 + sigma*eps; rectified-flow models
-    (CONST: SD3, Flux, AuraFlow, ...) use x_t = (1-sigma)*x0 + sigma*eps. Other model_sampling classes are
-    identified from their own noise_scaling; one that is neither form is refused rather than guessed.
+    x0 models use x_t = x0 + sigma*eps; rectified-flow models (SD3, Flux, AuraFlow, ...) use
+    x_t = (1-sigma)*x0 + sigma*eps. The form is read off the model's own noise_scaling at two sigmas, never
+    from its class: ComfyUI 0.33's IMG_TO_IMG_FLOW subclasses CONST (flow) but does not noise at all, and a CONST
+    with a noise_scale != 1 noises differently too. A form that is neither is refused rather than guessed.
     """
     ms = model.get_model_object("model_sampling")
-    if isinstance(ms, comfy.model_sampling.CONST):
-        return FlowMatching()
-    if isinstance(ms, comfy.model_sampling.EPS):
+    forms = set()
+    for sigma in (0.5, 0.25):
+        noise_part, image_part = _noise_scaling_coefficients(ms, sigma)
+        if _close(noise_part, sigma) and _close(image_part, 1.0):
+            forms.add("variance_exploding")
+        elif _close(noise_part, sigma) and _close(image_part, 1.0 - sigma):
+            forms.add("flow")
+        else:
+            forms.add(f"x_t = {image_part:.4g}*x0 + {noise_part:.4g}*eps at sigma {sigma}")
+    if forms == {"variance_exploding"}:
         return VarianceExploding()
-    sigma, one, zero = torch.tensor([0.5]), torch.ones((1, 1)), torch.zeros((1, 1))
-    try:
-        with torch.no_grad():
-            noise_part = float(ms.noise_scaling(sigma, one.clone(), zero.clone(), False).reshape(-1)[0])
-            image_part = float(ms.noise_scaling(sigma, zero.clone(), one.clone(), False).reshape(-1)[0])
-    except Exception:  # noqa: BLE001 - any failure means the form is unknown
-        noise_part = image_part = float("nan")
-    if abs(noise_part - 0.5) < 1e-6 and abs(image_part - 1.0) < 1e-6:
-        return VarianceExploding()
-    if abs(noise_part - 0.5) < 1e-6 and abs(image_part - 0.5) < 1e-6:
+    if forms == {"flow"}:
         return FlowMatching()
     raise CADError(
         f"CAD cannot attribute this model: its sampling type ({type(ms).__name__}) mixes noise into latents "
         f"neither as x0 + sigma*eps (eps/v-prediction: SD1.x, SD2.x, SDXL) nor as (1-sigma)*x0 + sigma*eps "
-        f"(flow matching: SD3, Flux), so the objectives cannot recover the predicted noise.")
+        f"(flow matching: SD3, Flux), so the objectives cannot recover the predicted noise "
+        f"(measured: {'; '.join(sorted(f for f in forms if f.startswith('x_t')))}).")
+
+
+def _noise_scaling_coefficients(ms, sigma: float) -> tuple[float, float]:
+    """(coefficient of eps, coefficient of x0) in ms.noise_scaling at `sigma`; NaN where it cannot be called."""
+    s, one, zero = torch.tensor([sigma]), torch.ones((1, 1)), torch.zeros((1, 1))
+    try:
+        with torch.no_grad():
+            noise_part = float(ms.noise_scaling(s, one.clone(), zero.clone(), False).reshape(-1)[0])
+            image_part = float(ms.noise_scaling(s, zero.clone(), one.clone(), False).reshape(-1)[0])
+    except Exception:  # noqa: BLE001 - any failure means the form is unknown
+        return float("nan"), float("nan")
+    return noise_part, image_part
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) < 1e-6
 
 
 # --- gradient probes ------------------------------------------------------------------------------
@@ -132,10 +151,17 @@ class GradProbe(_CADWeightFunction):
 
 
 class CopyForBackward(_CADWeightFunction):
-    """Identity wrapper whose only job is to make ComfyUI hand the layer a copy, never an inference tensor."""
+    """Identity wrapper whose only job is to hand the layer a private tensor it may save for backward.
+
+    ComfyUI 0.3.x casts a private copy whenever a weight function exists, but that copy can still be an
+    inference tensor; Dynamic VRAM (0.33+) hands weight functions views of reused cast buffers, which the next
+    layer's cast overwrites before backward reads them. Both are cloned; a private ordinary tensor is not.
+    """
 
     def __call__(self, w):
-        return w.clone() if w.is_inference() else w
+        if torch.is_grad_enabled() and (w.is_inference() or w._base is not None):
+            return w.clone()
+        return w
 
 
 def _install_probes(grad_model, keys, accumulator):
@@ -147,6 +173,60 @@ def _install_probes(grad_model, keys, accumulator):
         else:
             grad_model.add_weight_wrapper(key, copier)
     return probes
+
+
+def _module_and_attr(patcher, key):
+    module_name, attr = key.rsplit(".", 1)
+    return patcher.model.get_submodule(module_name), attr
+
+
+def install_missing_cad_wrappers(grad_model) -> int:
+    """Put back the CAD wrappers ComfyUI's loader left off a module; returns how many modules needed it.
+
+    Weight wrappers reach a module only when ComfyUI's load installs them, and Dynamic VRAM (0.33+) installs
+    them only on modules larger than 16 KiB: a small scoped module would run without its probe (alpha silently
+    0) and a small unscoped one would hand autograd a shared weight. Called after ComfyUI has loaded the model.
+    """
+    repaired = 0
+    for key, functions in grad_model.weight_wrapper_patches.items():
+        ours = [f for f in functions if isinstance(f, _CADWeightFunction)]
+        if not ours:
+            continue
+        module, attr = _module_and_attr(grad_model, key)
+        installed = list(getattr(module, attr + "_function", None) or [])
+        missing = [f for f in ours if not any(f is g for g in installed)]
+        if missing:
+            setattr(module, attr + "_function", installed + missing)
+            repaired += 1
+    if repaired:
+        logging.info("CAD: ComfyUI loaded %d modules without CAD's weight wrappers (Dynamic VRAM skips modules "
+                     "<= 16 KiB); installed them directly.", repaired)
+    return repaired
+
+
+@contextlib.contextmanager
+def probes_must_see_their_modules(grad_model, probes):
+    """Fail loudly instead of scoring 0: a scoped module that ran a differentiated forward without its probe
+    being called means some ComfyUI path bypassed the weight wrappers."""
+    ran, hooks = set(), []
+    for key in probes:
+        module, _ = _module_and_attr(grad_model, key)
+
+        def seen(mod, args, key=key):
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                ran.add(key)
+        hooks.append(module.register_forward_pre_hook(seen))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+    bypassed = sorted(k for k in ran if probes[k].value is None)
+    if bypassed:
+        raise CADError(
+            f"ComfyUI ran {len(bypassed)} scoped layers without CAD's gradient probe (e.g. {bypassed[:3]}), so their "
+            f"scores would be wrong. Please report this with your ComfyUI version; starting ComfyUI with "
+            f"--disable-dynamic-vram is the workaround.")
 
 
 def remove_cad_wrappers(model) -> None:
@@ -177,18 +257,77 @@ def _cad_wrappers_lifted(modules):
             m.weight_function = functions
 
 
+@contextlib.contextmanager
+def _kernels_with_backward():
+    """ComfyUI 0.33 routes some ops to fused comfy-kitchen kernels without a backward (Flux's rotary embedding:
+    "no autograd formula was registered for comfy_kitchen.apply_rope") unless model_management.in_training is
+    set, as core's LoRA trainer sets it. Set only around differentiated forwards; older ComfyUI lacks the flag."""
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
+# --- the model CAD differentiates ------------------------------------------------------------------------
+
+def is_dynamic(model) -> bool:
+    """Whether `model` loads through ComfyUI's Dynamic VRAM (ModelPatcherDynamic, 0.33+ on GPUs)."""
+    return bool(getattr(model, "is_dynamic", lambda: False)())
+
+
+@contextlib.contextmanager
+def differentiable_source(model):
+    """The patcher whose clones CAD Attribute differentiates: `model` itself, or under Dynamic VRAM a
+    non-dynamic copy of it, released on exit.
+
+    Dynamic VRAM loads weights in a way autograd cannot rely on (weight functions only on modules > 16 KiB,
+    weights handed out as views of reused buffers). Like core's LoRA trainer, CAD then differentiates a
+    non-dynamic model: `clone(disable_dynamic=True)` re-runs the model's loader (the checkpoint is read again,
+    so RAM holds a second copy while CAD runs) with the same patches, LoRAs included. It runs inside
+    inference_mode(False), so the reloaded weights are ordinary tensors. A model whose loader cannot be re-run
+    (a custom loader without `cached_patcher_init`) is differentiated as it is; the wrappers then defend
+    themselves (install_missing_cad_wrappers, CopyForBackward, probes_must_see_their_modules).
+    """
+    source = model
+    if is_dynamic(model):
+        try:
+            with torch.inference_mode(False):
+                source = model.clone(disable_dynamic=True)
+            logging.info("CAD: differentiating a non-dynamic reload of the model (Dynamic VRAM is on).")
+        except RuntimeError as e:  # "Cannot create non-dynamic delegate: cached_patcher_init is not initialized."
+            logging.warning("CAD: this model's loader cannot reload it without Dynamic VRAM (%s); attributing the "
+                            "dynamic model with CAD's own safeguards. If results look wrong, start ComfyUI with "
+                            "--disable-dynamic-vram.", e)
+    try:
+        yield source
+    finally:
+        if source is not model:
+            del source
+            comfy.model_management.soft_empty_cache()
+
+
 # --- the attribution sampler -------------------------------------------------------------------------
 
 class _AttributionSampler(comfy.samplers.Sampler):
-    """Runs cad_core's visiting loop with conditioning prepared exactly as KSampler prepares it."""
+    """Runs cad_core's visiting loop with conditioning prepared exactly as KSampler prepares it.
 
-    def __init__(self, run):
-        self.run = run
+    patcher: the gradient clone whose CAD wrappers must be on its modules once ComfyUI has loaded it.
+    """
+
+    def __init__(self, run, patcher=None):
+        self.run, self.patcher = run, patcher
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         inner, conds, options = model_wrap.inner_model, model_wrap.conds, extra_args["model_options"]
 
+        if self.patcher is not None:  # ComfyUI has loaded the model by now
+            install_missing_cad_wrappers(self.patcher)
         wrapped = _modules_with_cad_wrappers(inner.diffusion_model)
 
         def predictor(name):
@@ -197,7 +336,8 @@ class _AttributionSampler(comfy.samplers.Sampler):
                 x = x.clone() if x.is_inference() else x
                 s = sigma.reshape(1).to(x).expand(x.shape[0])
                 if torch.is_grad_enabled():
-                    return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
+                    with _kernels_with_backward():
+                        return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
                 with _cad_wrappers_lifted(wrapped):
                     return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
             return predict
@@ -209,23 +349,33 @@ class _AttributionSampler(comfy.samplers.Sampler):
 
 
 def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
-                    scope_regex="", schedule="single", concept_latent=None, on_progress=None):
-    """CAD attribution of `model` for the concept in `positive` against `base`; never modifies `model`."""
+                    scope_regex="", schedule="single", concept_latent=None, on_progress=None, source=None):
+    """CAD attribution of `model` for the concept in `positive` against `base`; never modifies `model`.
+
+    source: the differentiable_source of `model` when the caller runs several passes (chunks) over it.
+    """
+    if source is None:
+        with differentiable_source(model) as own_source:
+            return attribute_model(model, positive, base, latent, objective=objective, steps=steps, guidance=guidance,
+                                   seed=seed, samples=samples, scope=scope, scope_regex=scope_regex,
+                                   schedule=schedule, concept_latent=concept_latent, on_progress=on_progress,
+                                   source=own_source)
     available = patchable_weights(model)
     keys = resolve_scope(available, scope, scope_regex)
     shapes = dict(available)
     fingerprint = fingerprint_of(model)
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])[:1]
+    latent_image = sampler_latent(model, latent)[:1]
     images = None
     if concept_latent is not None:
-        images = comfy.sample.fix_empty_latent_channels(model, concept_latent["samples"])
+        images = sampler_latent(model, concept_latent)
     ms = model.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).float()
     parameterization = parameterization_of(model)
 
     with torch.inference_mode(False):
         model.model.requires_grad_(False)
-        grad_model = model.clone()
+        source.model.requires_grad_(False)
+        grad_model = source.clone()
         accumulator = GradientAccumulator({k: shapes[k] for k in keys}, device=grad_model.load_device)
         probes = _install_probes(grad_model, keys, accumulator)
         result = {}
@@ -256,12 +406,26 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
             guider.set_cfg(guidance)
             start = images if images is not None else latent_image
             noise = torch.zeros_like(start)
-            guider.sample(noise, start, _AttributionSampler(run), sigmas, seed=seed, disable_pbar=True)
+            with probes_must_see_their_modules(grad_model, probes):
+                guider.sample(noise, start, _AttributionSampler(run, grad_model), sigmas, seed=seed,
+                              disable_pbar=True)
         finally:
             remove_cad_wrappers(grad_model)
             del grad_model
             comfy.model_management.soft_empty_cache()
     return result["attribution"]
+
+
+def sampler_latent(model, latent: dict) -> torch.Tensor:
+    """The latent KSampler would start from: comfy.sample.fix_empty_latent_channels, given the latent's own
+    downscale ratios where this ComfyUI takes them (0.33+: an Empty Latent Image of 8x-downscaled size is resized
+    for a model whose VAE downscales 16x)."""
+    import inspect
+    fix = comfy.sample.fix_empty_latent_channels
+    if "downscale_ratio_spacial" in inspect.signature(fix).parameters:
+        return fix(model, latent["samples"], latent.get("downscale_ratio_spacial"),
+                   latent.get("downscale_ratio_temporal"))
+    return fix(model, latent["samples"])
 
 
 def compute_dtype_of(model) -> torch.dtype:

@@ -13,8 +13,11 @@ Models are built under torch.inference_mode() like ComfyUI's loaders build them.
 writes the CAD objective directly against BaseModel.apply_model, with the conditioning each family's
 sampling path produces, as the independent reference the node path must match.
 """
+import dataclasses
+
 import torch
 
+import comfy.ldm.flux.model
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -65,11 +68,13 @@ def _sd3():
 
 
 def _flux():
-    cfg = comfy.supported_models.Flux({
+    config = {
         "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": POOLED, "context_in_dim": CTX,
         "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
-        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True})
-    return cfg, None
+        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True}
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        config["txt_ids_dims"] = []     # newer ComfyUI (0.33): what model_detection sets for Flux.1
+    return comfy.supported_models.Flux(config), None
 
 
 def _auraflow():
@@ -204,6 +209,21 @@ def plain_autograd_alpha(mp, family, objective, keys, pos, base, *, steps, seed,
         gen = torch.Generator().manual_seed(seed + 100_003 * restart)
         return torch.randn((1, channels, *hw), generator=gen)
 
+    # ComfyUI 0.33 runs Flux's rotary embedding through a comfy-kitchen kernel without a backward unless
+    # in_training is set (as core's LoRA trainer sets it); 0.3.75 has no such flag.
+    training_flag = getattr(mm, "in_training", None)
+    if training_flag is not None:
+        mm.in_training = True
+    try:
+        return _plain_alpha(objective, predict, noise, p, sigmas, steps, guidance, channels, hw, leaves, keys,
+                            bm, concept_latent, kw_pos, kw_base)
+    finally:
+        if training_flag is not None:
+            mm.in_training = training_flag
+
+
+def _plain_alpha(objective, predict, noise, p, sigmas, steps, guidance, channels, hw, leaves, keys, bm,
+                 concept_latent, kw_pos, kw_base):
     total = 0
     if objective == "concept_gap":
         x = p.add_noise(torch.zeros((1, channels, *hw)), noise(0), sigmas[0])

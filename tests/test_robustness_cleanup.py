@@ -30,7 +30,9 @@ def attribute_like_comfy(mp, **kw):
     """Run as ComfyUI's executor does: the exception is caught and handed back, not re-raised."""
     try:
         attribute(mp, **kw)
-    except Exception as ex:  # noqa: BLE001 - InterruptProcessingException is an Exception too
+    # ComfyUI 0.33 made InterruptProcessingException a BaseException (0.3.75: an Exception); the executor
+    # catches it by name, so must this.
+    except (Exception, mm.InterruptProcessingException) as ex:  # noqa: BLE001
         return ex
     return None
 
