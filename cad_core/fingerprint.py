@@ -2,14 +2,30 @@
 
 Attribution and mask files carry it so that an edit made for one checkpoint is never applied to
 another. Values are rounded through fp16 so fp32/fp16/bf16 copies of one checkpoint mostly agree.
+Names are hashed in one canonical spelling (canonical_key), so one checkpoint has one fingerprint under
+every ComfyUI version the pack supports, even where ComfyUI renamed a parameter.
 """
 import hashlib
+import re
 from typing import Callable, Sequence
 
 import torch
 
 SAMPLED_KEYS = 8
 SAMPLED_VALUES = 256
+
+
+# ComfyUI 0.33 made Flux's RMSNorm a comfy op and renamed its parameter: `..._norm.scale` (0.3.x) is
+# `..._norm.weight` now (comfy/supported_models.py Flux.process_unet_state_dict). Same tensor, same checkpoint.
+# Fingerprints keep the 0.3.x spelling, so files written by earlier versions of the pack still match.
+_RENAMED = ((re.compile(r"_norm\.weight$"), "_norm.scale"),)
+
+
+def canonical_key(key: str) -> str:
+    """A parameter name as ComfyUI 0.3.x spelled it (the spelling fingerprints are computed in)."""
+    for pattern, replacement in _RENAMED:
+        key = pattern.sub(replacement, key)
+    return key
 
 
 def sampled_keys(keys: Sequence[str]) -> list[str]:
@@ -21,11 +37,12 @@ def sampled_keys(keys: Sequence[str]) -> list[str]:
 
 def model_fingerprint(named_shapes: Sequence[tuple[str, tuple]], read_weight: Callable[[str], torch.Tensor]) -> str:
     """sha256 over sorted (name, shape) pairs and the first values of a few weights; 16 hex digits."""
+    by_canonical = {canonical_key(name): name for name, _ in named_shapes}
     h = hashlib.sha256()
-    for name, shape in sorted(named_shapes):
+    for name, shape in sorted((canonical_key(name), shape) for name, shape in named_shapes):
         h.update(f"{name}:{tuple(shape)};".encode())
-    for name in sampled_keys([n for n, _ in named_shapes]):
-        h.update(_first_values(read_weight(name)).numpy().tobytes())
+    for name in sampled_keys(list(by_canonical)):
+        h.update(_first_values(read_weight(by_canonical[name])).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

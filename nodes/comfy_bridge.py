@@ -299,7 +299,7 @@ def differentiable_source(model):
             with torch.inference_mode(False):
                 source = model.clone(disable_dynamic=True)
             logging.info("CAD: differentiating a non-dynamic reload of the model (Dynamic VRAM is on).")
-        except RuntimeError as e:  # "Cannot create non-dynamic delegate: cached_patcher_init is not initialized."
+        except (RuntimeError, TypeError) as e:  # no cached_patcher_init; TypeError: a clone() without the argument
             logging.warning("CAD: this model's loader cannot reload it without Dynamic VRAM (%s); attributing the "
                             "dynamic model with CAD's own safeguards. If results look wrong, start ComfyUI with "
                             "--disable-dynamic-vram.", e)
