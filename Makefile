@@ -58,3 +58,8 @@ bench-gpu: setup
 # The toy world's efficacy table (erase/amplify with controls, faithfulness): benchmarks/results/efficacy.md
 efficacy: setup
 	$(PY) benchmarks/efficacy.py
+
+# On a CUDA GPU: CAD Attribute's alpha = plain autograd, exact masks, untouched originals, on both ComfyUI legs
+# under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md
+gpu-compat: setup setup-0.33
+	$(PY) benchmarks/gpu_compat.py
