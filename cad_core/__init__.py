@@ -1,20 +1,22 @@
 """cad_core: Component Attribution for Diffusion models, in plain torch (no ComfyUI imports).
 
-    attribute()          score weights for a concept (alpha = w * dJ/dw)
+    attribute()          score weights for a concept (alpha = w * dJ/dw): one call, any torch denoiser
     select_components()  pick components to erase (most positive) or amplify (most negative)
     union(), protect()   combine masks; keep components another concept needs
     block_map()          per-block positive/negative mass and mask share, for the attribution map
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
     verify_ablation(), faithfulness()   compare predicted with measured effects
 """
-from .attribution import Attribution, GradientAccumulator, ParameterGradientCapture, attribute, sum_attributions
+from .attribution import (Attribution, GradientAccumulator, GradientCapture, ModuleCapture, ParameterGradientCapture,
+                          attribute, seeded_noise, sum_attributions)
 from .block_map import block_map
 from .blocks import block_of, short_block_name
 from .errors import CADError, CADFileError
+from .families import FAMILIES, ModelFamily, detect_family
 from .fingerprint import model_fingerprint
 from .mask import Mask, protect, scale_selected, union
 from .noise import FlowMatching, VarianceExploding
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, Objective, objective_named
 from .scopes import SCOPE_PRESETS, resolve_scope
 from .selection import GRANULARITIES, select_components
 from .serialization import load_attribution, load_mask, read_kind, save_attribution, save_mask

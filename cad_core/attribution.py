@@ -1,16 +1,17 @@
-"""Attribution scores alpha = w * dJ/dw, accumulated in fp32, and the one-verb `attribute()` API."""
+"""Attribution scores alpha = w * dJ/dw, accumulated in fp32, and the one-call `attribute()` API."""
 import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .blocks import block_of, block_sort_key
 from .errors import CADError
-from .objectives import OBJECTIVES
-from .trajectory import CallCounts, TrajectoryPlan, visit_concept_gap, visit_concept_likelihood
+from .noise import FlowMatching, VarianceExploding
+from .objectives import objective_named
+from .trajectory import CallCounts, TrajectoryPlan
 from .version import PACK_VERSION
 
 
@@ -160,42 +161,113 @@ class ParameterGradientCapture:
         return False
 
 
-def attribute(objective: str, concept: Callable, base: Callable, plan: TrajectoryPlan,
-              weights: Mapping[str, torch.Tensor], accumulator: GradientAccumulator, *,
-              samples: int = 1, images: torch.Tensor | None = None, fingerprint: str = "",
-              meta: dict | None = None) -> Attribution:
-    """Score every weight in `weights` for a concept: alpha = w * dJ/dw summed over visited timesteps.
+class GradientCapture:
+    """Where attribute() gets dJ/dw of the scoped weights from, and the weights alpha multiplies.
 
-    `concept` and `base` map (x_t, sigma) to x0 predictions for the concept and base conditioning.
-    The caller wires gradients of the scoped weights into `accumulator` (ParameterGradientCapture for
-    plain modules, weight probes in ComfyUI). With objective "concept_likelihood", `images` are clean
-    concept latents (batch = samples); without them the model's own guided samples are used.
+    ModuleCapture does it for a plain torch module (its parameters' gradients); the ComfyUI bridge's
+    ProbeCapture does it with weight wrappers on a ComfyUI model. attribute() owns the accumulator and hands it
+    to capturing() for the run.
     """
-    if objective not in OBJECTIVES:
-        raise CADError(f"Unknown objective '{objective}'. Expected one of: {', '.join(OBJECTIVES)}.")
+
+    shapes: Mapping[str, tuple]          # the scoped weights: name -> shape
+    device: torch.device | str = "cpu"   # where the fp32 gradient sums live
+
+    def capturing(self, accumulator: "GradientAccumulator"):
+        """A context manager inside which backward passes add dJ/dw of every scoped weight to `accumulator`."""
+        raise NotImplementedError
+
+    def weights(self) -> Mapping[str, torch.Tensor]:
+        """The weights alpha multiplies, read after the run (the values the forward passes used)."""
+        raise NotImplementedError
+
+
+class ModuleCapture(GradientCapture):
+    """The scoped parameters (names as in module.named_parameters()) of a plain torch module."""
+
+    def __init__(self, module: torch.nn.Module, scope: Sequence[str]):
+        params = dict(module.named_parameters())
+        missing = [k for k in scope if k not in params]
+        if missing:
+            raise CADError(f"These scoped weights are not parameters of the module: {missing[:5]}")
+        if not scope:
+            raise CADError("The scope is empty: name at least one parameter to attribute.")
+        self.module, self.scope = module, list(scope)
+        self.shapes = {k: tuple(params[k].shape) for k in self.scope}
+        self.device = params[self.scope[0]].device
+
+    def capturing(self, accumulator):
+        return ParameterGradientCapture(self.module, self.scope, accumulator)
+
+    def weights(self):
+        params = dict(self.module.named_parameters())
+        return {k: params[k] for k in self.scope}
+
+
+PARAMETERIZATIONS = {"variance_exploding": VarianceExploding, "flow": FlowMatching}
+
+
+def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, base: Callable, *,
+              sigmas, parameterization, objective: str = "concept_gap", scope: Sequence[str] | None = None,
+              guidance: float = 3.0, schedule: str = "single", samples: int = 1, seed: int = 0,
+              noise_shape: Sequence[int] | None = None, make_noise: Callable | None = None,
+              images: torch.Tensor | None = None, loss_scale: float = 1.0,
+              on_progress: Callable[[int, int], None] | None = None, fingerprint: str = "",
+              meta: dict | None = None) -> Attribution:
+    """Score every scoped weight for a concept: alpha = w * dJ/dw, summed over the visited timesteps.
+
+    model: a torch module whose parameters named in `scope` are scored, or a GradientCapture.
+    concept, base: (x_t, sigma) -> x0 prediction with the concept's and the base conditioning.
+    sigmas: descending noise levels, last one 0 (T steps = len(sigmas) - 1).
+    parameterization: how latents are noised: "variance_exploding" (x0 + sigma*eps: eps/v models),
+        "flow" ((1-sigma)*x0 + sigma*eps), or a noise.* object.
+    objective: a name in cad_core.OBJECTIVES. With one that takes_images, `images` are clean concept latents
+        (one per sample, reused round-robin); without them the model's own guided samples stand in.
+    Noise: make_noise(sample, restart) -> a noise latent, or noise_shape and seed for seeded normal noise.
+    """
+    record = objective_named(objective)
     if samples < 1:
         raise CADError(f"samples must be at least 1, got {samples}.")
-    counts, started = CallCounts(), time.perf_counter()
+    capture = model if isinstance(model, GradientCapture) else ModuleCapture(model, scope or [])
+    if isinstance(parameterization, str):
+        if parameterization not in PARAMETERIZATIONS:
+            raise CADError(f"Unknown parameterization '{parameterization}'. Expected one of: "
+                           f"{', '.join(PARAMETERIZATIONS)}.")
+        parameterization = PARAMETERIZATIONS[parameterization]()
+    if make_noise is None:
+        if noise_shape is None:
+            raise CADError("attribute() needs the latent's shape (noise_shape) or make_noise(sample, restart).")
+        make_noise = seeded_noise(noise_shape, seed)
+    plan = TrajectoryPlan(torch.as_tensor(sigmas), parameterization, guidance, schedule, make_noise,
+                          on_progress or (lambda done, total: None), loss_scale=loss_scale)
+    accumulator = GradientAccumulator(capture.shapes, device=capture.device)
     accumulator.unscale = plan.loss_scale
-    per_sample = plan.units_of_work(objective, generate_samples=images is None)
-    for sample in range(samples):
-        # Progress runs once from 0 to the total over all samples, not once per sample.
-        sample_plan = replace(plan, on_progress=lambda done, total, offset=sample * per_sample:
-                              plan.on_progress(offset + done, samples * per_sample))
-        if objective == "concept_gap":
-            visit_concept_gap(concept, base, sample_plan, counts, sample)
-        else:
+    counts, started = CallCounts(), time.perf_counter()
+    per_sample = record.units_of_work(plan, images is None)
+    with capture.capturing(accumulator):
+        for sample in range(samples):
+            # Progress runs once from 0 to the total over all samples, not once per sample.
+            sample_plan = replace(plan, on_progress=lambda done, total, offset=sample * per_sample:
+                                  plan.on_progress(offset + done, samples * per_sample))
             image = None if images is None else images[sample % images.shape[0]].unsqueeze(0)
-            visit_concept_likelihood(concept, base, sample_plan, counts, image, sample)
+            record.visit(concept, base, sample_plan, counts, image, sample)
     if not math.isfinite(counts.objective_total):
         raise CADError(
             f"The objective became {counts.objective_total} during attribution: the model produced NaN/inf "
             f"predictions. Check the model (a broken or fp16-overflowing checkpoint?) and try again.")
-    scores = accumulator.alpha(weights)
-    info = {"objective": objective, "steps": plan.steps, "guidance": plan.guidance, "schedule": plan.schedule,
+    scores = accumulator.alpha(capture.weights())
+    info = {"objective": record.name, "steps": plan.steps, "guidance": plan.guidance, "schedule": plan.schedule,
             "samples": samples, "parameterization": plan.parameterization.name, "loss_scale": plan.loss_scale,
             "unet_calls": counts.as_dict(), "seconds": round(time.perf_counter() - started, 3),
             "pack_version": PACK_VERSION, **(meta or {})}
     result = Attribution(scores, fingerprint, info, counts.points)
     result.check_usable()
     return result
+
+
+def seeded_noise(shape: Sequence[int], seed: int) -> Callable[[int, int], torch.Tensor]:
+    """make_noise for attribute(): standard normal noise of `shape`, one stream per (sample, restart)."""
+    def make_noise(sample: int, restart: int) -> torch.Tensor:
+        # Wrapped to 64 bits: seeds may be up to 2**64 - 1, which torch refuses to go past.
+        g = torch.Generator().manual_seed((seed + sample + 100_003 * restart) % 2**64)
+        return torch.randn(tuple(shape), generator=g)
+    return make_noise

@@ -1,44 +1,43 @@
-"""Human-readable block names for weight keys, shared by summaries and masks."""
+"""Block names for weight keys, shared by summaries, masks, the charts and the map; read from the family
+records (families.py), with generic names for architectures that have none."""
 import re
 
-_BLOCK_PATTERNS = (
-    re.compile(r"(input_blocks\.\d+)"),
-    re.compile(r"(middle_block)"),
-    re.compile(r"(output_blocks\.\d+)"),
-    re.compile(r"((?:double_blocks|single_blocks|joint_blocks|transformer_blocks|single_transformer_blocks|blocks|layers)\.\d+)"),
-)
+from .families import FAMILIES, GENERIC_BLOCKS
+
+# Family blocks first, each searched on its own (an UNet key names its input block before the transformer
+# block inside it); then the generic names, leftmost match first.
+_FAMILY_BLOCKS = [(re.compile(f"({pattern})"), label) for family in FAMILIES for pattern, label in family.blocks]
+_GENERIC = re.compile("(" + "|".join(pattern for pattern, _ in GENERIC_BLOCKS) + ")")
+_LABELS = [(re.compile(pattern), label) for pattern, label in
+           [b for family in FAMILIES for b in family.blocks] + list(GENERIC_BLOCKS)]
 
 
 def block_of(key: str) -> str:
     """'diffusion_model.input_blocks.4.1.transformer_blocks.0.ff.net.2.weight' -> 'input_blocks.4'."""
-    for pattern in _BLOCK_PATTERNS:
+    for pattern, _ in _FAMILY_BLOCKS:
         found = pattern.search(key)
         if found:
             return found.group(1)
+    found = _GENERIC.search(key)
+    if found:
+        return found.group(1)
     name = key.removeprefix("diffusion_model.")
     return name.split(".", 1)[0]
 
 
 def block_sort_key(block: str):
-    """Input blocks, then middle, then output blocks, each in numeric order; other names after."""
-    order = {"input_blocks": 0, "middle_block": 1, "output_blocks": 2}
+    """Blocks in the order their family lists them (input, middle, output), each in numeric order; others after."""
     head, _, index = block.partition(".")
-    return (order.get(head, 3), head, int(index) if index.isdigit() else -1)
-
-
-_SHORT_PREFIXES = {
-    "input_blocks": "in", "middle_block": "mid", "output_blocks": "out", "double_blocks": "double",
-    "single_blocks": "single", "joint_blocks": "joint", "transformer_blocks": "block",
-    "single_transformer_blocks": "single", "blocks": "block", "layers": "layer",
-}
+    rank = next((i for i, (pattern, _) in enumerate(_LABELS) if pattern.fullmatch(block)), len(_LABELS))
+    return (rank, head, int(index) if index.isdigit() else -1)
 
 
 def short_block_name(block: str) -> str:
     """'input_blocks.4' -> 'in 4', 'middle_block' -> 'mid', 'double_blocks.3' -> 'double 3'; others unchanged.
 
     Chart axes have room for a few characters per block; these are the names UNet users already say."""
-    head, _, index = block.partition(".")
-    short = _SHORT_PREFIXES.get(head)
-    if short is None:
-        return block
-    return f"{short} {index}" if index else short
+    for pattern, label in _LABELS:
+        if pattern.fullmatch(block):
+            _, _, index = block.partition(".")
+            return f"{label} {index}" if index else label
+    return block

@@ -1,54 +1,17 @@
 """Which weights CAD attributes: scope presets per architecture family, or a user regex.
 
-A scope is resolved against (key, shape) pairs of the denoiser's parameters. Resolving to nothing
-is always an error: an empty scope would make every later step a silent no-op.
+A scope is resolved against (key, shape) pairs of the denoiser's parameters; the presets come from the
+family records (families.py). Resolving to nothing is always an error: an empty scope would make every
+later step a silent no-op.
 """
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from .errors import CADError
+from .families import detect_family, supported_families
 
 SCOPE_PRESETS = ("ff", "attention", "ff+attention", "all_linear", "regex")
-
-# Per family: regexes for the feed-forward (MLP) and attention projection weights, written against
-# ComfyUI's own parameter names (checked on models built from comfy.supported_models, tests/family_models.py).
-# UNet names are shared by SD1.x, SD2.x and SDXL. Flux's single-stream blocks fuse attention and MLP in
-# linear1 (qkv + mlp_in) and linear2 (proj + mlp_out); the presets count both as feed-forward.
-_FAMILY_PATTERNS = {
-    "unet": {
-        "ff": r"\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)\.weight$",
-        "attention": r"\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.weight$",
-    },
-    "flux": {
-        "ff": r"(double_blocks\.\d+\.(img_mlp|txt_mlp)\.\d+|single_blocks\.\d+\.linear[12])\.weight$",
-        "attention": r"double_blocks\.\d+\.(img_attn|txt_attn)\.(qkv|proj)\.weight$",
-    },
-    "mmdit": {
-        "ff": r"joint_blocks\.\d+\.(x_block|context_block)\.mlp\.fc[12]\.weight$",
-        "attention": r"joint_blocks\.\d+\.(x_block|context_block)\.attn2?\.(qkv|proj)\.weight$",
-    },
-}
-
-
-FAMILY_NAMES = {
-    "unet": "SD1.x / SD2.x / SDXL UNet",
-    "flux": "Flux (double/single-stream DiT)",
-    "mmdit": "SD3 / SD3.5 MMDiT",
-}
-SUPPORTED_FAMILIES = ", ".join(FAMILY_NAMES.values())
-
-
-def detect_family(keys: Iterable[str]) -> str | None:
-    """'unet', 'flux' or 'mmdit' from a model's weight names; None for an architecture without presets."""
-    keys = list(keys)
-    if any(".input_blocks." in k or k.startswith("input_blocks.") for k in keys):
-        return "unet"
-    if any("double_blocks." in k for k in keys):
-        return "flux"
-    if any("joint_blocks." in k for k in keys):
-        return "mmdit"
-    return None
 
 
 def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: str, regex: str = "") -> list[str]:
@@ -73,16 +36,16 @@ def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: st
         if family is None:
             raise CADError(
                 f"Scope '{scope}' has no preset for this model's architecture (supported families: "
-                f"{SUPPORTED_FAMILIES}). Use scope 'all_linear', or scope 'regex' with a pattern in "
+                f"{supported_families()}). Use scope 'all_linear', or scope 'regex' with a pattern in "
                 f"scope_regex over these weight names: {_describe_keys(keys)}")
         parts = ("ff", "attention") if scope == "ff+attention" else (scope,)
-        pattern = re.compile("|".join(f"(?:{_FAMILY_PATTERNS[family][p]})" for p in parts))
+        pattern = re.compile("|".join(f"(?:{family.scope_pattern(p).pattern})" for p in parts))
         chosen = [k for k in keys if pattern.search(k) and len(shapes[k]) == 2]
 
     if not chosen:
         detail = f" with pattern '{regex}'" if scope == "regex" else ""
         if scope in ("ff", "attention", "ff+attention"):
-            detail = f" (preset for {FAMILY_NAMES[family]})"
+            detail = f" (preset for {family.display})"
         hint = "" if scope == "regex" else \
             " Pick another scope, or scope 'regex' with a pattern in scope_regex over the names below."
         raise CADError(

@@ -15,7 +15,7 @@ import torch
 import comfy.model_base
 import comfy.model_sampling
 from cad_pack.cad_core import CADError, FlowMatching, VarianceExploding, resolve_scope, select_components
-from cad_pack.cad_core.scopes import detect_family
+from cad_pack.cad_core.families import detect_family
 from cad_pack.nodes.chunking import attribute_with_budget
 from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
 
@@ -51,7 +51,7 @@ def test_scope_presets_find_the_family_weights(family):
     mp = build(family, seed=0)
     available = patchable_weights(mp)
     keys = [k for k, _ in available]
-    assert detect_family(keys) == FAMILY_OF[family]
+    assert detect_family(keys).name == FAMILY_OF[family]
     names = PRESET_NAMES[FAMILY_OF[family]]
     for preset in ("ff", "attention"):
         chosen = resolve_scope(available, preset)

@@ -1,0 +1,95 @@
+"""One record per model family: everything the pack knows about an architecture, in one place.
+
+Scope presets (scopes.py), block names and their short labels (blocks.py, the node charts, the map), the
+README's supported-models table (scripts/readme_tables.py) and the family tests read these records.
+Adding a family = adding a record here, its reduced model in tests/family_models.py and its README row
+(regenerated). Patterns are written against ComfyUI's own parameter names (checked on models built from
+comfy.supported_models).
+
+What is asked of the model itself rather than recorded (so it holds for every ComfyUI version): how it
+mixes noise into latents (comfy bridge: parameterization_of) and whether its conditioning path needs
+'pooled_output' (needs_pooled_output).
+"""
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str                          # short id, stored in nothing: only for messages and tests
+    display: str                       # what users call it
+    recognise: str                     # regex: a weight name only this family has
+    ff: str                            # regex over weight names: the feed-forward (MLP) matrices
+    attention: str                     # regex: the attention projections
+    blocks: tuple[tuple[str, str], ...]  # (regex of a block's name, short label for chart axes), in model order
+    comfy_models: str                  # README: ComfyUI model classes
+    noising: str                       # README: how the sampler noises latents (asked of the model at run time)
+    ff_names: str                      # README: what the ff preset selects
+    attention_names: str               # README: what the attention preset selects
+    conditioning: str = ""             # README: what its conditioning needs beyond CLIP Text Encode's output
+
+    def scope_pattern(self, part: str) -> re.Pattern:
+        return re.compile({"ff": self.ff, "attention": self.attention}[part])
+
+
+UNET = ModelFamily(
+    name="unet", display="SD1.x / SD2.x / SDXL UNet",
+    recognise=r"(^|\.)input_blocks\.",
+    ff=r"\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)\.weight$",
+    attention=r"\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.weight$",
+    blocks=((r"input_blocks\.\d+", "in"), (r"middle_block", "mid"), (r"output_blocks\.\d+", "out")),
+    comfy_models="BaseModel (SD1.x eps, SD2.x v or eps); model_base.SDXL (ADM `y` from pooled_output + size)",
+    noising="x0 + σε",
+    ff_names="`transformer_blocks.N.ff.net.{0.proj,2}`",
+    attention_names="`attn1/attn2 .to_q/.to_k/.to_v/.to_out.0`",
+    conditioning="SDXL: `pooled_output`",
+)
+
+FLUX = ModelFamily(
+    # Flux's single-stream blocks fuse attention and MLP in linear1 (qkv + mlp_in) and linear2 (proj +
+    # mlp_out); the presets count both as feed-forward.
+    name="flux", display="Flux (double/single-stream DiT)",
+    recognise=r"(^|\.)double_blocks\.",
+    ff=r"(double_blocks\.\d+\.(img_mlp|txt_mlp)\.\d+|single_blocks\.\d+\.linear[12])\.weight$",
+    attention=r"double_blocks\.\d+\.(img_attn|txt_attn)\.(qkv|proj)\.weight$",
+    blocks=((r"double_blocks\.\d+", "double"), (r"single_blocks\.\d+", "single")),
+    comfy_models="model_base.Flux (dev, schnell)",
+    noising="(1−σ)x0 + σε (flow)",
+    ff_names="`double_blocks.N.{img,txt}_mlp.{0,2}`, `single_blocks.N.linear{1,2}` (these fuse attention and MLP)",
+    attention_names="`double_blocks.N.{img,txt}_attn.{qkv,proj}`",
+    conditioning="`pooled_output` on ComfyUI 0.3.x (optional on 0.33)",
+)
+
+MMDIT = ModelFamily(
+    name="mmdit", display="SD3 / SD3.5 MMDiT",
+    recognise=r"(^|\.)joint_blocks\.",
+    ff=r"joint_blocks\.\d+\.(x_block|context_block)\.mlp\.fc[12]\.weight$",
+    attention=r"joint_blocks\.\d+\.(x_block|context_block)\.attn2?\.(qkv|proj)\.weight$",
+    blocks=((r"joint_blocks\.\d+", "joint"),),
+    comfy_models="model_base.SD3 (MMDiT)",
+    noising="(1−σ)x0 + σε (flow)",
+    ff_names="`joint_blocks.N.{x,context}_block.mlp.fc{1,2}`",
+    attention_names="`attn/attn2 .qkv/.proj`",
+    conditioning="`pooled_output`",
+)
+
+FAMILIES = (UNET, FLUX, MMDIT)
+
+# Block names of architectures without a record, so their charts still group weights by block.
+GENERIC_BLOCKS = ((r"single_transformer_blocks\.\d+", "single"), (r"transformer_blocks\.\d+", "block"),
+                  (r"blocks\.\d+", "block"), (r"layers\.\d+", "layer"))
+
+
+def detect_family(keys: Iterable[str]) -> ModelFamily | None:
+    """The family whose weight names these are; None for an architecture without a record."""
+    keys = list(keys)
+    for family in FAMILIES:
+        pattern = re.compile(family.recognise)
+        if any(pattern.search(k) for k in keys):
+            return family
+    return None
+
+
+def supported_families() -> str:
+    return ", ".join(f.display for f in FAMILIES)

@@ -1,0 +1,23 @@
+"""What the rest of the pack needs to know about an objective."""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    # one sentence for the node's tooltip and the README: what J measures and what it is for
+    summary: str
+    # visit(concept, base, plan, counts, images, sample): walk the plan's sigmas, backpropagate J at each
+    # visited point, record it in counts (CallCounts: UNet calls, J, the Visit records CAD Verify re-measures)
+    visit: Callable[..., None]
+    # measure(parameterization, visit, concept, base, held_base_x0_or_None) -> J at one recorded Visit, no grad
+    measure: Callable[..., torch.Tensor]
+    # units_of_work(plan, generates_samples) -> progress units (UNet steps) one sample takes
+    units_of_work: Callable[..., int]
+    # J holds the base branch fixed (stop-gradient): CAD Verify can hold it too when it re-measures
+    holds_base: bool
+    # J is measured on concept images (concept_latent); without them the model's own samples stand in
+    takes_images: bool
