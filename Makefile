@@ -30,7 +30,7 @@ setup-browser:
 
 # The example workflows in a real Chromium on a real ComfyUI server (~3 min on 2 CPU cores): opened from the
 # template browser, run with the Run button, the CAD nodes' widgets checked against /history.
-# Screenshots: tests/.artifacts/browser/
+# Screenshots: tests/.artifacts/browser/frontend-<version>/
 test-browser: setup setup-browser
 	$(PY) -m pytest -q --browser tests/browser
 

@@ -5,6 +5,23 @@
 //
 //   node drive_workflows.mjs plan.json results.json
 //   plan: {url, pack, screenshotsDir, chromium, runTimeoutMs, workflows: [{name, nodeIds: [..]}]}
+//   results: {frontend: {version, nodeIdType}, workflows: [..], pageProblems, templateResponses}
+//
+// Works unchanged on ComfyUI 0.3.75 / frontend 1.32.9 and ComfyUI 0.33.0 / frontend 1.49.6: every control
+// is found by what both frontends expose to a user (ARIA roles, accessible names, data-testid), not by
+// component-library classes. Where the two differ:
+//   - dialogs: 1.32.9 draws them with PrimeVue (.p-dialog), 1.49.6 without; both set role="dialog".
+//   - the pack's template category: a role="button" item named after the pack in the dialog's sidebar
+//     (1.49.6 lists it under "EXTENSIONS"); cards are [data-testid="template-workflow-<name>"] on both.
+//   - Run is a split button on both, but aria-label="Run" sits on the primary part in 1.32.9 and on the
+//     menu trigger ([data-testid="queue-mode-menu-trigger"], no text) in 1.49.6. RUN_BUTTON is the button
+//     named Run whose visible text is "Run": the primary part on both.
+//   - missing nodes/models: 1.32.9 opens a dialog, 1.49.6 shows a role="status" error overlay
+//     ([data-testid="error-overlay"]) instead; LOAD_PROBLEMS records both.
+//   - node ids: numbers in 1.32.9, strings in 1.49.6 (app.graph.nodes[i].id); recorded as numbers, like
+//     the workflows' JSON ids and the plan's nodeIds.
+// frontendVersion() reads the version once (window.__COMFYUI_FRONTEND_VERSION__) for the results; nothing
+// below branches on it.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -13,6 +30,11 @@ const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disabl
   "--disable-component-update", "--no-first-run"];
 // ui keys whose arrival a node's DOM must reflect before it is recorded
 const SHOWN_UI_KEYS = ["cad_summary", "cad_mask", "cad_map", "images"];
+const DIALOG = '[role="dialog"]';
+// what the frontend shows when a loaded workflow lacks something: a dialog (1.32.9), an error overlay (1.49.6)
+const LOAD_PROBLEMS = '[role="dialog"], [role="alertdialog"], [data-testid="error-overlay"]';
+const RUN_BUTTON = (page) => page.getByRole("button", { name: "Run", exact: true }).filter({ hasText: /^\s*Run\s*$/ });
+const FIT_VIEW_BUTTON = (page) => page.getByRole("button", { name: "Fit View (.)", exact: true });
 
 const [planPath, resultsPath] = process.argv.slice(2);
 const plan = JSON.parse(readFileSync(planPath, "utf8"));
@@ -32,23 +54,33 @@ async function waitForApp(page) {
     { timeout: 120_000 });
 }
 
+async function frontendVersion(page) {
+  return page.evaluate(() => ({
+    version: window.__COMFYUI_FRONTEND_VERSION__ ?? null,
+    nodeIdType: app.graph.nodes.length ? typeof app.graph.nodes[0].id : null,
+  }));
+}
+
 async function pressKey(page, key) {
   // Shortcuts are ignored while a text field has focus.
   await page.evaluate(() => document.activeElement?.blur());
   await page.keyboard.press(key);
 }
 
+async function noDialogs(page, timeout) {
+  await page.waitForFunction((selector) => !document.querySelector(selector), DIALOG, { timeout });
+}
+
 async function closeDialogs(page) {
-  const dialog = page.locator(".p-dialog");
-  if (await dialog.isVisible()) {
+  if (await page.locator(DIALOG).first().isVisible()) {
     await page.keyboard.press("Escape");
-    await dialog.waitFor({ state: "hidden", timeout: 10_000 });
+    await noDialogs(page, 10_000);
   }
 }
 
 async function openTemplateCard(page, name) {
-  await page.locator('button[aria-label="Templates"]').click();
-  await page.locator(".p-dialog").getByText(plan.pack, { exact: true }).first().click();
+  await page.getByRole("button", { name: "Templates", exact: true }).click();
+  await page.locator(DIALOG).getByRole("button", { name: plan.pack, exact: true }).click();
   const card = page.locator(`[data-testid="template-workflow-${name}"]`);
   await card.waitFor({ state: "visible", timeout: 30_000 });
   return card;
@@ -73,15 +105,17 @@ async function loadFromTemplates(page, workflow, shotDir) {
   const card = await openTemplateCard(page, workflow.name);
   const thumbnail = await thumbnailOf(card);
   await card.click();
-  await page.locator(".p-dialog").waitFor({ state: "hidden", timeout: 30_000 });
+  // the template browser closes; a missing-nodes dialog may open in its place, so wait for this card to go
+  await card.waitFor({ state: "detached", timeout: 30_000 });
   const expected = [...workflow.nodeIds].sort((a, b) => a - b).join(",");
-  await page.waitForFunction((ids) => app.graph.nodes.map((n) => n.id).sort((a, b) => a - b).join(",") === ids,
+  await page.waitForFunction((ids) => app.graph.nodes.map((n) => Number(n.id)).sort((a, b) => a - b).join(",") === ids,
     expected, { timeout: 30_000 });
-  await page.waitForTimeout(500); // a missing-nodes dialog appears just after the graph is configured
-  const loaded = await page.evaluate(() => ({
-    dialogs: [...document.querySelectorAll(".p-dialog")].map((d) => d.textContent.slice(0, 500)),
+  // the missing-nodes dialog (1.32.9) or error overlay (1.49.6, ~300 ms) appears just after the graph is configured
+  await page.waitForTimeout(1500);
+  const loaded = await page.evaluate((selector) => ({
+    dialogs: [...document.querySelectorAll(selector)].map((d) => d.textContent.slice(0, 500)),
     unregisteredTypes: app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type),
-  }));
+  }), LOAD_PROBLEMS);
   await page.screenshot({ path: join(shotDir, "loaded.png"), fullPage: true });
   return { thumbnail, ...loaded };
 }
@@ -96,7 +130,7 @@ async function forgetCachedResults(page) {
 async function queueFromRunButton(page) {
   const [response] = await Promise.all([
     page.waitForResponse((r) => r.url().endsWith("/api/prompt") && r.request().method() === "POST"),
-    page.locator('button[aria-label="Run"]').click(),
+    RUN_BUTTON(page).click(),
   ]);
   return { status: response.status(), body: await response.json(), queuedGraph: response.request().postDataJSON().prompt };
 }
@@ -118,7 +152,7 @@ function recordNodes() {
     const roots = (node.widgets ?? []).filter((w) => w.element instanceof HTMLElement).map((w) => w.element);
     const all = (selector) => roots.flatMap((root) => [...root.querySelectorAll(selector), ...(root.matches(selector) ? [root] : [])]);
     return {
-      id: node.id, type: node.type, title: node.title,
+      id: Number(node.id), type: node.type, title: node.title,
       domWidgetsConnected: roots.every((root) => root.isConnected),
       charts: all(".cad-chart").map((chart) => ({
         cadNode: chart.getAttribute("data-cad-node"),
@@ -156,7 +190,7 @@ async function recordAfterRun(page, outputs) {
 }
 
 async function screenshotNodes(page, nodeIds, shotDir) {
-  await page.locator('button[aria-label="Fit View (.)"]').click();
+  await FIT_VIEW_BUTTON(page).click();
   await page.waitForTimeout(400);
   await page.screenshot({ path: join(shotDir, "finished.png"), fullPage: true });
   const shots = [];
@@ -182,25 +216,25 @@ async function screenshotNodes(page, nodeIds, shotDir) {
   return shots;
 }
 
-async function runWorkflow(page, workflow) {
+// Fills `result` step by step, so that what was recorded before a failing step is kept with the failure.
+async function runWorkflow(page, workflow, result) {
   const shotDir = join(plan.screenshotsDir, workflow.name);
   mkdirSync(shotDir, { recursive: true });
-  const result = { name: workflow.name, load: await loadFromTemplates(page, workflow, shotDir) };
+  result.load = await loadFromTemplates(page, workflow, shotDir);
   await forgetCachedResults(page);
   const queued = await queueFromRunButton(page);
   result.queue = { status: queued.status, body: queued.body, graph: queued.queuedGraph };
-  if (queued.status !== 200) return result;
+  if (queued.status !== 200) return;
   result.promptId = queued.body.prompt_id;
   const entry = await waitForHistory(result.promptId);
   Object.assign(result, await recordAfterRun(page, entry.outputs ?? {}));
   const shown = Object.keys(entry.outputs ?? {}).map(Number).filter((id) => workflow.nodeIds.includes(id));
   result.screenshots = await screenshotNodes(page, shown, shotDir);
-  return result;
 }
 
 const browser = await chromium.launch({ executablePath: plan.chromium, args: CHROMIUM_FLAGS });
 const templateResponses = []; // the thumbnails arrive as blob: URLs, so their requests are what names them
-const results = { workflows: [], pageProblems, templateResponses };
+const results = { frontend: null, workflows: [], pageProblems, templateResponses };
 try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1200 } });
   page.on("response", (response) => {
@@ -211,12 +245,15 @@ try {
     if (message.type() === "error") pageProblems.push({ kind: "console", text: message.text(), url: message.location().url });
   });
   await waitForApp(page);
+  results.frontend = await frontendVersion(page);
   for (const workflow of plan.workflows) {
+    const result = { name: workflow.name };
+    results.workflows.push(result);
     try {
-      results.workflows.push(await runWorkflow(page, workflow));
+      await runWorkflow(page, workflow, result);
     } catch (error) {
+      result.failure = String(error.stack || error);
       await page.screenshot({ path: join(plan.screenshotsDir, `${workflow.name}_failure.png`), fullPage: true });
-      results.workflows.push({ name: workflow.name, failure: String(error.stack || error) });
     }
   }
 } finally {

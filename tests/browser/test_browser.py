@@ -1,9 +1,16 @@
 """Every example workflow, opened from ComfyUI's template browser in a real Chromium, run with the Run
 button on a real `main.py --cpu` server; what the page shows is checked against GET /history.
 
-Run with `make test-browser` (sets up Chromium and playwright-core through scripts/setup_browser.sh);
-every run without --browser leaves these out (marker `browser`, tests/conftest.py). Screenshots: tests/.artifacts/browser/<workflow>/.
+The same checks pass on both legs: ComfyUI 0.3.75 with frontend 1.32.9 (`make test-browser`) and
+ComfyUI 0.33.0 with frontend 1.49.6 (`make test-browser-0.33`); drive_workflows.mjs lists how the two
+frontends differ and how it meets each difference. Chromium and playwright-core come from
+scripts/setup_browser.sh; every run without --browser leaves these out (marker `browser`, tests/conftest.py).
+
+Artifacts go to a folder per frontend, so both legs' are kept side by side:
+tests/.artifacts/browser/frontend-<version>/ holds plan.json, results.json, comfy_server.log, the server's
+base directory (server/) and, per workflow, <workflow>/loaded.png, finished.png and node_<id>.png.
 """
+import importlib.metadata
 import io
 import json
 import os
@@ -21,7 +28,10 @@ from workflow_format import ui_to_api
 pytestmark = pytest.mark.browser
 
 BROWSER_DIR = os.path.dirname(os.path.abspath(__file__))
-ARTIFACTS = os.path.join(REPO, "tests", ".artifacts", "browser")
+# The frontend the server serves is the comfyui-frontend-package installed next to ComfyUI (main.py runs
+# with this interpreter, as ComfyServer starts it); the page's own version must agree (session()).
+FRONTEND_VERSION = importlib.metadata.version("comfyui-frontend-package")
+ARTIFACTS = os.path.join(REPO, "tests", ".artifacts", "browser", f"frontend-{FRONTEND_VERSION}")
 EXAMPLES_DIR = os.path.join(REPO, "example_workflows")
 # Sorted names put cad_4a (saves the attribution) before cad_4b (loads it).
 EXAMPLES = sorted(os.path.splitext(f)[0] for f in os.listdir(EXAMPLES_DIR) if f.endswith(".json"))
@@ -62,6 +72,9 @@ def session():
                         f"{driver.stdout}\n{driver.stderr}")
         with open(results_path) as f:
             results = json.load(f)
+        if (results.get("frontend") or {}).get("version") != FRONTEND_VERSION:  # read once from the page
+            pytest.fail(f"the page runs frontend {results.get('frontend')}, not the installed {FRONTEND_VERSION} "
+                        f"(its screenshots would be filed under the wrong version):\n{driver.stdout}\n{driver.stderr}")
         runs = {run["name"]: run for run in results["workflows"]}
         histories = {name: server.history(run["promptId"]) for name, run in runs.items() if run.get("promptId")}
         images = {name: {nid: [server.view(i["filename"], i["subfolder"], i["type"]) for i in out["images"]]
@@ -75,6 +88,8 @@ def run_of(session, name):
     run = session["runs"].get(name)
     assert run is not None, f"{name} was not driven"
     assert "failure" not in run, f"{name}: the browser driver failed:\n{run['failure']}"
+    # 1.32.9 keeps node ids as numbers, 1.49.6 as strings; the driver records numbers, as in the workflow JSON
+    assert all(type(node["id"]) is int for node in run.get("nodes", [])), [node["id"] for node in run["nodes"]]
     return run
 
 
@@ -94,9 +109,15 @@ def strip_meta(graph):
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_opens_from_the_template_browser_with_its_thumbnail(session, name):
-    load = run_of(session, name)["load"]
+    run = session["runs"].get(name)
+    assert run is not None, f"{name} was not driven"
+    # What the page showed on opening is checked before the run's outcome: a missing-nodes dialog (1.32.9)
+    # also blocks the Run button, and would otherwise only show up as the driver's timeout.
+    assert "load" in run, f"{name}: the browser driver failed:\n{run.get('failure')}"
+    load = run["load"]
     assert load["unregisteredTypes"] == [], f"missing node types: {load['unregisteredTypes']}"
-    assert load["dialogs"] == [], f"a dialog opened on load (missing nodes?): {load['dialogs']}"
+    assert load["dialogs"] == [], (f"a dialog (1.32.9) or error overlay (1.49.6) opened on load (missing nodes "
+                                   f"or models?): {load['dialogs']}")
     thumbnail_url = f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.jpg"
     served = {urllib.parse.urlparse(r["url"]).path: r["status"] for r in session["template_responses"]}
     assert served.get(thumbnail_url) == 200, f"{thumbnail_url} was not served: {served}"
@@ -105,6 +126,7 @@ def test_opens_from_the_template_browser_with_its_thumbnail(session, name):
     thumbnail = load["thumbnail"]
     assert thumbnail["present"] and (thumbnail["width"], thumbnail["height"]) == expected_size, (
         f"the card shows another picture (the frontend's default?): {thumbnail}")
+    run_of(session, name)  # and the rest of its run went through
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
