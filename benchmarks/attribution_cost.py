@@ -32,21 +32,17 @@ import _common as C  # noqa: E402
 def stub_counts(steps, schedule, objective="concept_gap"):
     """cad_core's UNet call counts for a schedule, from its own visiting loop with a free denoiser."""
     import torch
-    from cad_pack.cad_core import GradientAccumulator, TrajectoryPlan, VarianceExploding, attribute
-    w = torch.nn.Parameter(torch.ones(()))
+    from cad_pack.cad_core import attribute
+    free = torch.nn.Module()
+    free.w = torch.nn.Parameter(torch.ones(()))
 
     def denoise(x, sigma):
-        return x * w * 0.5
+        return x * free.w * 0.5
 
-    sigmas = torch.linspace(10.0, 0.0, steps + 1)
-    plan = TrajectoryPlan(sigmas, VarianceExploding(), 3.0, schedule, lambda s, r: torch.randn(1, 1))
-    acc = GradientAccumulator({"w": ()})
     with torch.enable_grad():
-        handle = w.register_hook(lambda g: acc.add("w", g))
-        try:
-            a = attribute(objective, denoise, denoise, plan, {"w": w}, acc)
-        finally:
-            handle.remove()
+        a = attribute(free, denoise, denoise, scope=["w"], sigmas=torch.linspace(10.0, 0.0, steps + 1),
+                      parameterization="variance_exploding", objective=objective, guidance=3.0, schedule=schedule,
+                      noise_shape=(1, 1))
     calls = a.meta["unet_calls"]
     return {"forward_backward": calls["forward_backward"], "forward_no_grad": calls["forward_no_grad"]}
 

@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .blocks import block_of, block_sort_key
+from .blocks import block_of, block_sort_key, short_block_name
 from .errors import CADError
 from .noise import FlowMatching, VarianceExploding
 from .objectives import objective_named
@@ -56,7 +56,8 @@ class Attribution:
             b["positive"] += int((s > 0).sum())
             b["negative"] += int((s < 0).sum())
             b["weights"] += s.numel()
-        rows = [{"block": name, **v} for name, v in sorted(blocks.items(), key=lambda kv: block_sort_key(kv[0]))]
+        rows = [{"block": name, "label": short_block_name(name), **v}
+                for name, v in sorted(blocks.items(), key=lambda kv: block_sort_key(kv[0]))]
         return {
             "objective": self.meta.get("objective"), "scope": self.meta.get("scope"),
             "matrices": len(self.scores), "weights": self.total_weights,

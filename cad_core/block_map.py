@@ -1,7 +1,6 @@
 """Per-block rows for the attribution map: where the concept's positive and negative mass sits, and
 which share of each block a mask selects."""
 from .attribution import Attribution
-from .blocks import short_block_name
 from .errors import CADError
 from .mask import Mask
 
@@ -17,7 +16,7 @@ def block_map(attribution: Attribution, mask: Mask | None = None) -> dict:
     selected = _selected_per_block(attribution, mask) if mask is not None else {}
     rows = []
     for block in summary["blocks"]:
-        row = {"block": block["block"], "label": short_block_name(block["block"]),
+        row = {"block": block["block"], "label": block["label"],
                "positive_mass": block["positive_mass"], "negative_mass": block["negative_mass"],
                "weights": block["weights"], "selected": None, "share": None}
         if mask is not None:

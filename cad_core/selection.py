@@ -1,4 +1,4 @@
-"""Choosing which components to ablate from an attribution (method.md §4).
+"""Choosing which components to ablate from an attribution (docs/method.md, section 5).
 
 Erase ablates the most positive scores, Amplify the most negative. A component is only ever
 selected when its score has the right sign (the sign guard), so a ratio can select fewer than k.

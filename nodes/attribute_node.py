@@ -3,6 +3,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
+from ..cad_core.objectives import objectives_help
 from .cad_types import CadAttribution
 from .chunking import attribute_with_budget
 from .validation import check_choices, check_numbers
@@ -26,10 +27,8 @@ class CADAttribute(io.ComfyNode):
                                       "prompt. It also serves as the negative prompt for guidance."),
                 io.Latent.Input("latent", tooltip="Sets the latent size (e.g. Empty Latent Image). Its batch size is "
                                 "ignored; use 'samples' for more trajectories."),
-                io.Combo.Input("objective", options=list(OBJECTIVES), default="concept_gap",
-                               tooltip="concept_gap: how far the concept moves the prediction away from base (for "
-                               "erasing). concept_likelihood: how well the model denoises images of the concept "
-                               "(for amplifying)."),
+                io.Combo.Input("objective", options=list(OBJECTIVES), default=next(iter(OBJECTIVES)),
+                               tooltip=objectives_help()),
                 io.Int.Input("steps", default=20, min=1, max=1000,
                              tooltip="Sampling timesteps visited; each costs one forward+backward pass."),
                 io.Float.Input("guidance", default=3.0, min=0.0, max=30.0, step=0.1,

@@ -22,9 +22,10 @@ import comfy.samplers
 import comfy.utils
 from comfy.weight_adapter import WeightAdapterBase
 
-from ..cad_core import (Attribution, CADError, GradientAccumulator, Mask, TrajectoryPlan, attribute,
+from ..cad_core import (Attribution, CADError, GradientCapture, Mask, attribute, seeded_noise,
                         model_fingerprint, resolve_scope, scale_selected, verify_ablation)
-from ..cad_core.trajectory import base_predictions, loss_scale_for, measure_objective
+from ..cad_core.objectives import base_predictions, measure_objective
+from ..cad_core.trajectory import loss_scale_for
 from ..cad_core.noise import FlowMatching, VarianceExploding
 from .autograd_safe import ordinary_copies_of_plain_parameters
 
@@ -131,8 +132,8 @@ class GradProbe(_CADWeightFunction):
     LoRA patches included.
     """
 
-    def __init__(self, key, accumulator, device):
-        self.key, self.acc, self.value = key, accumulator, None
+    def __init__(self, key, device):
+        self.key, self.acc, self.value = key, None, None  # acc: set by ProbeCapture.capturing for the run
         self.anchor = torch.zeros((), device=device, requires_grad=True)
 
     def __call__(self, w):
@@ -164,11 +165,34 @@ class CopyForBackward(_CADWeightFunction):
         return w
 
 
-def _install_probes(grad_model, keys, accumulator):
+class ProbeCapture(GradientCapture):
+    """cad_core's GradientCapture for a ComfyUI model: GradProbe weight wrappers on the scoped weights."""
+
+    def __init__(self, probes: dict, shapes: dict, device):
+        self.probes, self.device = probes, device
+        self.shapes = {k: tuple(shapes[k]) for k in probes}
+
+    @contextlib.contextmanager
+    def capturing(self, accumulator):
+        for probe in self.probes.values():
+            probe.acc = accumulator
+        try:
+            yield
+        finally:
+            for probe in self.probes.values():
+                probe.acc = None
+
+    def weights(self):
+        """The weights as the probes saw them in the first forward pass (LoRA patches included). A scoped weight
+        no forward pass used has zero gradient, so its alpha is zero whatever W is."""
+        return {k: (p.value if p.value is not None else torch.zeros(self.shapes[k])) for k, p in self.probes.items()}
+
+
+def _install_probes(grad_model, keys):
     probes, scoped, copier = {}, set(keys), CopyForBackward()
     for key, _ in patchable_weights(grad_model):
         if key in scoped:
-            probes[key] = GradProbe(key, accumulator, grad_model.load_device)
+            probes[key] = GradProbe(key, grad_model.load_device)
             grad_model.add_weight_wrapper(key, probes[key])
         else:
             grad_model.add_weight_wrapper(key, copier)
@@ -376,25 +400,20 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
         model.model.requires_grad_(False)
         source.model.requires_grad_(False)
         grad_model = source.clone()
-        accumulator = GradientAccumulator({k: shapes[k] for k in keys}, device=grad_model.load_device)
-        probes = _install_probes(grad_model, keys, accumulator)
+        probes = _install_probes(grad_model, keys)
+        capture = ProbeCapture(probes, shapes, grad_model.load_device)
         result = {}
 
         def run(concept, base_fn, sigmas_dev, noise, processed_latent):
-            def make_noise(sample, restart):
-                # Sample 0's first trajectory uses the seed itself, as KSampler would. Wrapped to 64 bits:
-                # the widget allows seeds up to 2**64 - 1, which torch refuses to go past.
-                g = torch.Generator().manual_seed((seed + sample + 100_003 * restart) % 2**64)
-                return torch.randn((1, *noise.shape[1:]), generator=g).to(noise)
-
-            plan = TrajectoryPlan(sigmas_dev, parameterization, guidance, schedule, make_noise,
-                                  on_progress or (lambda done, total: None),
-                                  loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()))
+            # Sample 0's first trajectory uses the seed itself, as KSampler would.
+            draw = seeded_noise((1, *noise.shape[1:]), seed)
             given = processed_latent if images is not None else None
-            runs = samples if given is None else max(samples, len(given))  # every concept image counts
             result["attribution"] = attribute(
-                objective, concept, base_fn, plan, ProbedWeights(probes, shapes), accumulator,
-                samples=runs, images=given, fingerprint=fingerprint,
+                capture, concept, base_fn, sigmas=sigmas_dev, parameterization=parameterization, objective=objective,
+                guidance=guidance, schedule=schedule, make_noise=lambda sample, restart: draw(sample, restart).to(noise),
+                samples=samples if given is None else max(samples, len(given)),  # every concept image counts
+                images=given, loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()),
+                on_progress=on_progress, fingerprint=fingerprint,
                 meta={"scope": scope, "scope_regex": scope_regex, "seed": seed,
                       "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
                       "latent_shape": list(latent_image.shape)})
@@ -420,7 +439,6 @@ def sampler_latent(model, latent: dict) -> torch.Tensor:
     """The latent KSampler would start from: comfy.sample.fix_empty_latent_channels, given the latent's own
     downscale ratios where this ComfyUI takes them (0.33+: an Empty Latent Image of 8x-downscaled size is resized
     for a model whose VAE downscales 16x)."""
-    import inspect
     fix = comfy.sample.fix_empty_latent_channels
     if "downscale_ratio_spacial" in inspect.signature(fix).parameters:
         return fix(model, latent["samples"], latent.get("downscale_ratio_spacial"),
@@ -432,20 +450,6 @@ def compute_dtype_of(model) -> torch.dtype:
     """The dtype the model's layers compute in: the manual-cast dtype (ModelComputeDtype sets it as an
     object patch) or else the stored weights' dtype."""
     return model.get_model_object("manual_cast_dtype") or model.model_dtype()
-
-
-class ProbedWeights:
-    """The weights alpha multiplies, as the probes saw them during the first forward pass.
-
-    A scoped weight no forward pass used has zero gradient, so its alpha is zero whatever W is.
-    """
-
-    def __init__(self, probes, shapes):
-        self.probes, self.shapes = probes, shapes
-
-    def __getitem__(self, key):
-        value = self.probes[key].value
-        return value if value is not None else torch.zeros(self.shapes[key])
 
 
 # --- applying masks ----------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from cad_pack.cad_core import (
-    CADError, FlowMatching, GradientAccumulator, ParameterGradientCapture, TrajectoryPlan,
-    VarianceExploding, attribute, faithfulness, predicted_change, scale_selected, select_components,
+    CADError, FlowMatching, TrajectoryPlan, VarianceExploding, attribute, faithfulness, predicted_change, scale_selected, select_components,
     verify_ablation,
 )
 from cad_pack.cad_core.trajectory import loss_scale_for
@@ -172,19 +171,15 @@ def parameterization(kind):
 
 def run_attribute(model, kind, objective, schedule="single", samples=1, images=None, sigmas=None,
                   dtype=torch.float64, on_progress=None, keys=SCOPE, loss_scale=1.0):
-    """Attribute with the documented wiring: ParameterGradientCapture + GradientAccumulator + attribute()."""
+    """Attribute with the one call cad_core offers a plain torch module: attribute(model, concept, base, ...)."""
     sigmas = SIGMAS[kind] if sigmas is None else sigmas
-    params = dict(model.named_parameters())
-    acc = GradientAccumulator({k: params[k].shape for k in keys})
     concept = Recorder(lambda x, s: model(x.to(dtype), s, CONCEPT_COND))
     base = Recorder(lambda x, s: model(x.to(dtype), s, BASE_COND))
-    plan = TrajectoryPlan(torch.tensor(sigmas, dtype=torch.float64), parameterization(kind), guidance=GUIDANCE,
-                          schedule=schedule, make_noise=lambda n, r: make_noise(n, r, dtype), loss_scale=loss_scale)
-    if on_progress is not None:
-        plan.on_progress = on_progress
-    with ParameterGradientCapture(model, keys, acc):
-        result = attribute(objective, concept, base, plan, {k: params[k] for k in keys}, acc,
-                           samples=samples, images=images, fingerprint="toyfp", meta={"scope": "toy"})
+    result = attribute(model, concept, base, scope=keys, sigmas=torch.tensor(sigmas, dtype=torch.float64),
+                       parameterization=kind if kind == "variance_exploding" else "flow", objective=objective,
+                       guidance=GUIDANCE, schedule=schedule, samples=samples, images=images,
+                       make_noise=lambda n, r: make_noise(n, r, dtype), loss_scale=loss_scale,
+                       on_progress=on_progress, fingerprint="toyfp", meta={"scope": "toy"})
     return result, concept, base
 
 
@@ -275,7 +270,7 @@ def test_alpha_matches_finite_difference(case, kind, schedule):
 
 
 def test_likelihood_alpha_has_the_sign_of_minus_loss_gradient():
-    """J_lik = -loss: alpha must be -w * dL/dw (method.md section 2), not +w * dL/dw."""
+    """J_lik = -loss: alpha must be -w * dL/dw (docs/method.md, section 2), not +w * dL/dw."""
     kind = "variance_exploding"
     model = ToyDenoiser(seed=4)
     w0 = detached_params(model)
@@ -443,20 +438,16 @@ def test_only_scoped_weights_require_grad_and_state_is_restored():
             seen.append({k: p.requires_grad for k, p in model.named_parameters()})
         return model(x, s, CONCEPT_COND)
 
-    params = dict(model.named_parameters())
-    acc = GradientAccumulator({k: params[k].shape for k in SCOPE})
-    plan = TrajectoryPlan(torch.tensor(_sigmas(3), dtype=torch.float64), VarianceExploding(), make_noise=make_noise)
-    with ParameterGradientCapture(model, SCOPE, acc):
-        result = attribute("concept_gap", spy, lambda x, s: model(x, s, BASE_COND), plan,
-                           {k: params[k] for k in SCOPE}, acc)
+    result = attribute(model, spy, lambda x, s: model(x, s, BASE_COND), scope=SCOPE,
+                       sigmas=torch.tensor(_sigmas(3), dtype=torch.float64), parameterization="variance_exploding",
+                       make_noise=make_noise)
     assert seen and all(state == {k: k in SCOPE for k in before} for state in seen)
     assert {k: p.requires_grad for k, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())
-    # the hooks are gone: a later backward does not touch the accumulator
-    sums = {k: v.clone() for k, v in acc.sums.items()}
+    # the capture's hooks are gone: a later backward leaves ordinary .grad on the scoped weights (the hooks
+    # would have moved it into the accumulator and cleared it)
     model(torch.randn(1, DIM, dtype=torch.float64), torch.tensor(1.0), CONCEPT_COND).sum().backward()
-    assert all(torch.equal(acc.sums[k], sums[k]) for k in SCOPE)
-    assert model.fc1.weight.grad is not None          # ordinary autograd works again
+    assert all(model.get_parameter(k).grad is not None for k in SCOPE)
     assert any(float(s.abs().max()) > 0 for s in result.scores.values())
 
 
@@ -475,11 +466,18 @@ def test_stale_grad_on_scoped_weight_does_not_leak_into_alpha():
         assert torch.equal(model.get_parameter(key).grad, stale[key])
 
 
-def test_capture_rejects_unknown_keys():
+def test_capture_rejects_unknown_and_empty_scopes():
     model = ToyDenoiser()
-    acc = GradientAccumulator({"nope.weight": (2, 2)})
+    denoise = lambda x, s: model(x, s, CONCEPT_COND)  # noqa: E731
     with pytest.raises(CADError, match="nope.weight"):
-        ParameterGradientCapture(model, ["nope.weight"], acc)
+        attribute(model, denoise, denoise, scope=["nope.weight"], sigmas=_sigmas(2),
+                  parameterization="variance_exploding", make_noise=make_noise)
+    with pytest.raises(CADError, match="scope is empty"):
+        attribute(model, denoise, denoise, scope=[], sigmas=_sigmas(2), parameterization="variance_exploding",
+                  make_noise=make_noise)
+    with pytest.raises(CADError, match="Unknown parameterization 'eps'"):
+        attribute(model, denoise, denoise, scope=SCOPE, sigmas=_sigmas(2), parameterization="eps",
+                  make_noise=make_noise)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,14 +539,14 @@ def test_fp16_model_scores_are_not_flushed_to_zero():
 # ----------------------------------------------------------------------------------------------
 def test_attribute_input_errors():
     model = ToyDenoiser()
-    params = dict(model.named_parameters())
-    acc = GradientAccumulator({k: params[k].shape for k in SCOPE})
-    plan = TrajectoryPlan(torch.tensor(_sigmas(2), dtype=torch.float64), VarianceExploding(), make_noise=make_noise)
     f = lambda x, s: model(x, s, CONCEPT_COND)  # noqa: E731
+    call = dict(scope=SCOPE, sigmas=_sigmas(2), parameterization="variance_exploding", make_noise=make_noise)
     with pytest.raises(CADError, match="concept_gap"):
-        attribute("concept_nope", f, f, plan, params, acc)
+        attribute(model, f, f, objective="concept_nope", **call)
     with pytest.raises(CADError, match="at least 1"):
-        attribute("concept_gap", f, f, plan, params, acc, samples=0)
+        attribute(model, f, f, samples=0, **call)
+    with pytest.raises(CADError, match="noise_shape"):
+        attribute(model, f, f, **{**call, "make_noise": None})
     with pytest.raises(CADError, match="single"):
         TrajectoryPlan(torch.tensor([1.0, 0.0]), VarianceExploding(), schedule="fast")
     with pytest.raises(CADError, match="steps >= 1"):

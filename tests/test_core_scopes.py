@@ -87,7 +87,7 @@ def test_sd15_presets(prefix):
     assert ff == with_tag(tagged, "ff")                         # exactly the ff weights, in model order
     assert len(ff) == 32
     shapes = dict(ns)
-    assert sum(shapes[k][0] * shapes[k][1] for k in ff) == 148_684_800   # method.md section 3
+    assert sum(shapes[k][0] * shapes[k][1] for k in ff) == 148_684_800   # docs/method.md, section 4
     assert all(k.endswith(("ff.net.0.proj.weight", "ff.net.2.weight")) for k in ff)
 
     attn = resolve_scope(ns, "attention")

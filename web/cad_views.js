@@ -12,19 +12,6 @@ const LINE_HEIGHT = 16;
 // Beyond this many blocks (Flux has 57) the names no longer fit under the bars; hovering shows them.
 const MAX_LABELLED_BLOCKS = 24;
 
-const SHORT_PREFIXES = {
-  input_blocks: "in", middle_block: "mid", output_blocks: "out", double_blocks: "double",
-  single_blocks: "single", joint_blocks: "joint", transformer_blocks: "block",
-  single_transformer_blocks: "single", blocks: "block", layers: "layer",
-};
-
-export function shortBlockName(block) {
-  const [head, index] = block.split(".", 2);
-  const short = SHORT_PREFIXES[head];
-  if (short === undefined) return block;
-  return index === undefined ? short : `${short} ${index}`;
-}
-
 export function formatCount(n) {
   return Number(n).toLocaleString("en-US");
 }
@@ -47,7 +34,7 @@ function element(tag, className, css) {
 }
 
 // Fills `chart` (reused across executions) with one .cad-block per row.
-// rows: [{block, positive_mass, negative_mass, weights, label?, selected?, share?}], as the node sent them.
+// rows: [{block, label, positive_mass, negative_mass, weights, selected?, share?}], as the node sent them.
 export function renderChart(chart, nodeName, rows, totals) {
   chart.className = "cad-chart";
   chart.setAttribute("data-cad-node", nodeName);
@@ -74,7 +61,7 @@ function blockColumn(row, scale) {
   column.setAttribute("data-block", row.block);
   column.setAttribute("data-positive", String(row.positive_mass));
   column.setAttribute("data-negative", String(row.negative_mass));
-  const label = row.label ?? shortBlockName(row.block);
+  const label = row.label ?? row.block;   // the short label comes from the pack's family records (cad_core)
   let tip = `${row.block}: +${formatMass(row.positive_mass)} / \u2212${formatMass(Math.abs(row.negative_mass))}` +
     ` (${formatCount(row.weights)} weights)`;
 

@@ -50,7 +50,7 @@ def base_predictions(base, points) -> list[torch.Tensor]:
 
 def objectives_help() -> str:
     """One line per objective, for the node's tooltip."""
-    return " ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values())
+    return " ".join(f"{o.name}: {o.measures} (for {o.purpose})." for o in OBJECTIVES.values())
 
 
 __all__ = ["OBJECTIVES", "Objective", "objective_named", "measure_objective", "base_predictions", "objectives_help"]

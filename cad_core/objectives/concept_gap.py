@@ -73,6 +73,8 @@ def units_of_work(plan: TrajectoryPlan, generates_samples: bool) -> int:
 
 CONCEPT_GAP = Objective(
     name="concept_gap",
-    summary="how far the concept moves the prediction away from base, along the model's own guided trajectory "
-            "(for erasing).",
+    measures="how far the concept moves the prediction away from base, along the model's own guided trajectory",
+    purpose="erasing",
+    formula="`J = Σ_t ‖ε(x_t, c) − sg[ε(x_t, c_base)]‖²` along the model's own guided trajectory for the concept",
+    effect="Ablating positive components shrinks the gap, so guidance can no longer steer toward the concept.",
     visit=visit, measure=measure, units_of_work=units_of_work, holds_base=True, takes_images=False)

@@ -47,6 +47,9 @@ def units_of_work(plan: TrajectoryPlan, generates_samples: bool) -> int:
 
 CONCEPT_LIKELIHOOD = Objective(
     name="concept_likelihood",
-    summary="how well the model denoises images of the concept (concept_latent, or its own samples) "
-            "(for amplifying).",
+    measures="how well the model denoises images of the concept (concept_latent, or its own samples)",
+    purpose="amplifying",
+    formula="`J = −Σ_t ‖ε − ε̂(√ᾱ x₀ + √(1−ᾱ) ε, c, t)‖²` over images of the concept: `concept_latent` "
+            "(VAE-encoded) or, without it, the model's own samples for the concept",
+    effect="Ablating the most negative components raises it.",
     visit=visit, measure=measure, units_of_work=units_of_work, holds_base=False, takes_images=True)

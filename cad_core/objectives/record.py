@@ -8,8 +8,12 @@ import torch
 @dataclass(frozen=True)
 class Objective:
     name: str
-    # one sentence for the node's tooltip and the README: what J measures and what it is for
-    summary: str
+    # for the node's tooltip and the README: what J measures, what it is for, J as a formula (markdown) and
+    # what ablating its components does
+    measures: str
+    purpose: str
+    formula: str
+    effect: str
     # visit(concept, base, plan, counts, images, sample): walk the plan's sigmas, backpropagate J at each
     # visited point, record it in counts (CallCounts: UNet calls, J, the Visit records CAD Verify re-measures)
     visit: Callable[..., None]

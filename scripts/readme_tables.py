@@ -1,0 +1,80 @@
+"""The README's supported-models table and objectives list, rendered from the pack's records
+(cad_core/families.py, cad_core/objectives/). tests/test_readme.py fails when the README differs.
+
+    python scripts/readme_tables.py            # print both
+    python scripts/readme_tables.py --write    # put them into README.md between their markers
+"""
+import argparse
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(REPO, "README.md")
+MARKERS = {"families": ("<!-- families table: scripts/readme_tables.py -->", "<!-- end of families table -->"),
+           "objectives": ("<!-- objectives list: scripts/readme_tables.py -->", "<!-- end of objectives list -->")}
+
+
+def _core():
+    """cad_core alone (plain torch): importable without ComfyUI."""
+    import importlib.util
+    if "cad_readme_core" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("cad_readme_core", os.path.join(REPO, "cad_core", "__init__.py"),
+                                                      submodule_search_locations=[os.path.join(REPO, "cad_core")])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cad_readme_core"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["cad_readme_core"]
+
+
+def families_table() -> str:
+    core = _core()
+    lines = ["| family | ComfyUI model | noising | `ff` preset | `attention` preset | conditioning needs | chart labels |",
+             "|---|---|---|---|---|---|---|"]
+    for f in core.FAMILIES:
+        labels = ", ".join(label for _, label in f.blocks)
+        lines.append(f"| {f.display} | {f.comfy_models} | {f.noising} | {f.ff_names} | {f.attention_names} | "
+                     f"{f.conditioning or 'text only'} | {labels} |")
+    return "\n".join(lines)
+
+
+def objectives_list() -> str:
+    core = _core()
+    return "\n".join(f"- `{o.name}` (for {o.purpose}): {o.formula}. {o.effect}"
+                     for o in core.OBJECTIVES.values())
+
+
+def rendered() -> dict:
+    return {"families": families_table(), "objectives": objectives_list()}
+
+
+def in_readme(text: str) -> dict:
+    """What the README holds between each pair of markers (None where the markers are missing)."""
+    out = {}
+    for name, (begin, end) in MARKERS.items():
+        found = re.search(re.escape(begin) + r"\n(.*?)\n" + re.escape(end), text, re.S)
+        out[name] = found.group(1) if found else None
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    tables = rendered()
+    if not args.write:
+        print("\n\n".join(tables.values()))
+        return
+    with open(README) as f:
+        text = f.read()
+    for name, (begin, end) in MARKERS.items():
+        if begin not in text:
+            raise SystemExit(f"README.md has no marker {begin!r}")
+        text = re.sub(re.escape(begin) + r"\n.*?\n" + re.escape(end), lambda m: f"{begin}\n{tables[name]}\n{end}",
+                      text, flags=re.S)
+    with open(README, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
