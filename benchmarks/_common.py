@@ -81,7 +81,7 @@ def meta_unet_shapes(family: str):
     import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
     import comfy.ops
     import comfy.supported_models
-    from cad_pack.nodes.comfy_bridge import op_weight_shapes
+    from cad_pack.nodes.bridge import op_weight_shapes
     cls, unet = {"sd15": (comfy.supported_models.SD15, SD15_UNET), "sdxl": (comfy.supported_models.SDXL, SDXL_UNET)}[family]
     cfg = cls(dict(unet))
     net = openaimodel.UNetModel(**{**cfg.unet_config, "dtype": torch.float16}, device="meta",

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/attribution_cost.py [--steps 10 25 50] [--latent 8] [--max-minutes 20]
     make bench
 
-Measures, in one run, through the node path (comfy_bridge.attribute_model on a ModelPatcher):
+Measures, in one run, through the node path (bridge.attribute_model on a ModelPatcher):
   1. UNet calls of the pack's `single` schedule and of the reference's restart-per-step `reference`
      schedule at each T, as cad_core counts them (attribution.meta["unet_calls"], batch-1 calls), and wall
      time. Call counts for every T come from cad_core's own visiting loop (run with a zero-cost stand-in
@@ -113,7 +113,7 @@ class CostModel:
 
 def attribute(mp, pos, neg, latent_px, steps, schedule, clock=None, **kw):
     import torch
-    from cad_pack.nodes.chunking import attribute_with_budget
+    from cad_pack.nodes.bridge import attribute_with_budget
     with torch.inference_mode(), C.PeakRSS() as mem:
         attribution, seconds = C.timed(
             attribute_with_budget, mp, pos, neg, C.empty_latent(latent_px), objective="concept_gap", steps=steps,
@@ -156,7 +156,7 @@ def main():
     import comfy.model_management as mm
     from cad_pack.cad_core import resolve_scope, save_attribution, save_mask, select_components
     from cad_pack.cad_core.budget import BYTES_PER_SCOPED_WEIGHT, MB
-    from cad_pack.nodes.comfy_bridge import apply_mask, patchable_weights
+    from cad_pack.nodes.bridge import apply_mask, patchable_weights
 
     started = time.perf_counter()
     deadline = started + args.max_minutes * 60

@@ -25,7 +25,7 @@ from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # n
 from toyworld.world import SHAPES  # noqa: E402
 
 from cad_pack.cad_core import faithfulness, select_components, sum_attributions  # noqa: E402
-from cad_pack.nodes.comfy_bridge import held_base_on, measure_on  # noqa: E402
+from cad_pack.nodes.bridge import held_base_on, measure_on  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")

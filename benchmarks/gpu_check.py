@@ -48,8 +48,8 @@ def main():
     import comfy.model_management as mm
     from attribution_cost import CostModel, StepClock, stub_counts
     from cad_pack.cad_core import resolve_scope, select_components
-    from cad_pack.nodes.chunking import attribute_with_budget
-    from cad_pack.nodes.comfy_bridge import apply_mask, patchable_weights
+    from cad_pack.nodes.bridge import attribute_with_budget
+    from cad_pack.nodes.bridge import apply_mask, patchable_weights
 
     cuda = torch.cuda.is_available() and not dry
     if not dry and not cuda:

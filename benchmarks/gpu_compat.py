@@ -204,7 +204,7 @@ def check_family(family, mode):
     import comfy.model_management as mm
     import comfy.sample
     from cad_pack.cad_core import select_components
-    from cad_pack.nodes import comfy_bridge as bridge
+    from cad_pack.nodes import bridge
     from family_models import EXPECTED, conditioning, empty_latent, plain_autograd_alpha
 
     started = time.time()
@@ -225,7 +225,8 @@ def check_family(family, mode):
 
     before = sample(mp)
     differentiated = []
-    original_source = bridge.differentiable_source
+    from cad_pack.nodes.bridge import attribution as attribution_module  # where attribute_model looks it up
+    original_source = attribution_module.differentiable_source
 
     def recording_source(model):
         ctx = original_source(model)
@@ -241,13 +242,13 @@ def check_family(family, mode):
                 return ctx.__exit__(*exc)
         return Recorder()
 
-    bridge.differentiable_source = recording_source
+    attribution_module.differentiable_source = recording_source
     try:
         with torch.inference_mode():
             attribution = bridge.attribute_model(mp, pos, neg, latent, objective="concept_gap", steps=STEPS,
                                                  guidance=GUIDANCE, seed=SEED, samples=1, scope="ff+attention")
     finally:
-        bridge.differentiable_source = original_source
+        attribution_module.differentiable_source = original_source
     keys = list(attribution.scores)
     reference_model = reference_copy(mp)
     with torch.inference_mode(False):
@@ -318,7 +319,7 @@ class _Recorder:
 def weight_used_in_forward(mp, key, pos, neg, latent):
     import torch
     import comfy.sample
-    from cad_pack.nodes import comfy_bridge as bridge
+    from cad_pack.nodes import bridge
     probe = mp.clone()
     recorder = _Recorder()
     probe.add_weight_wrapper(key, recorder)

@@ -9,6 +9,7 @@ import torch
 
 from .blocks import block_of, block_sort_key, short_block_name
 from .errors import CADError
+from .fingerprint import require_same_model
 from .noise import FlowMatching, VarianceExploding
 from .objectives import objective_named
 from .trajectory import CallCounts, TrajectoryPlan
@@ -85,9 +86,8 @@ def sum_attributions(attributions: list["Attribution"]) -> "Attribution":
         raise CADError("Nothing to sum: give at least one attribution.")
     first = attributions[0]
     for other in attributions[1:]:
-        if other.fingerprint != first.fingerprint:
-            raise CADError(f"These attributions were made for different models ({first.fingerprint} and "
-                           f"{other.fingerprint}); only attributions of the same model can be summed.")
+        require_same_model(other.fingerprint, first.fingerprint, "One of these attributions", "the first one",
+                           "Only attributions of the same model can be summed.")
         if set(other.scores) != set(first.scores):
             raise CADError("These attributions score different weights (different scopes); attribute them "
                            "with the same scope to sum them.")

@@ -2,6 +2,7 @@
 which share of each block a mask selects."""
 from .attribution import Attribution
 from .errors import CADError
+from .fingerprint import require_same_model
 from .mask import Mask
 
 
@@ -37,11 +38,9 @@ def _selected_per_block(attribution: Attribution, mask: Mask) -> dict[str, int]:
 
 def check_mask_matches(attribution: Attribution, mask: Mask) -> None:
     """The mask must select among the weights this attribution scores, on the same model."""
-    if mask.fingerprint != attribution.fingerprint:
-        raise CADError(
-            f"The mask was made for another model (fingerprint {mask.fingerprint}) than the attribution "
-            f"({attribution.fingerprint}). Connect a mask made from this attribution (or from another "
-            f"attribution of the same model), or leave the mask input empty.")
+    require_same_model(mask.fingerprint, attribution.fingerprint, "The mask", "the attribution",
+                       "Connect a mask made from this attribution (or from another attribution of the same model), "
+                       "or leave the mask input empty.")
     unscored = [key for key in mask.shapes if key not in attribution.scores]
     if unscored:
         raise CADError(

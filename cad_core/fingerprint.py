@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .errors import CADError
+
 SAMPLED_KEYS = 8
 SAMPLED_VALUES = 256
 
@@ -26,6 +28,15 @@ def canonical_key(key: str) -> str:
     for pattern, replacement in _RENAMED:
         key = pattern.sub(replacement, key)
     return key
+
+
+def require_same_model(fingerprint: str, expected: str, subject: str, reference: str, advice: str,
+                       error: type = CADError) -> None:
+    """The one same-model check: `subject` (made for the model with `fingerprint`) must belong to the model that
+    `reference` was made for (`expected`), else a message naming both fingerprints and what to do."""
+    if fingerprint != expected:
+        raise error(f"{subject} was made for another model (fingerprint {fingerprint}) than {reference} "
+                    f"(fingerprint {expected}). {advice}")
 
 
 def sampled_keys(keys: Sequence[str]) -> list[str]:

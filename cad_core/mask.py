@@ -11,6 +11,7 @@ import torch
 
 from .blocks import block_of, block_sort_key
 from .errors import CADError
+from .fingerprint import require_same_model
 
 
 @dataclass
@@ -89,10 +90,9 @@ def union(masks: list[Mask]) -> Mask:
     """Components selected by any of the masks (e.g. erase several concepts at once)."""
     if not masks:
         raise CADError("Nothing to combine: give at least one mask.")
-    fingerprints = {m.fingerprint for m in masks}
-    if len(fingerprints) > 1:
-        raise CADError(f"These masks were made for different models (fingerprints {sorted(fingerprints)}); "
-                       "only masks of the same model can be combined.")
+    for other in masks[1:]:
+        require_same_model(other.fingerprint, masks[0].fingerprint, "One of these masks", "the first one",
+                           "Only masks of the same model can be combined.")
     shapes, indices = {}, {}
     for m in masks:
         for key, shape in m.shapes.items():
@@ -113,9 +113,8 @@ def protect(mask: Mask, reference) -> Mask:
 
     Ablating those would weaken the reference concept too, so "erase A, protect B" leaves them alone.
     """
-    if reference.fingerprint != mask.fingerprint:
-        raise CADError(f"The protect attribution was made for another model (fingerprint {reference.fingerprint}) "
-                       f"than the mask ({mask.fingerprint}). Attribute both concepts on the same model.")
+    require_same_model(reference.fingerprint, mask.fingerprint, "The protect attribution", "the mask",
+                       "Attribute both concepts on the same model.")
     kept, dropped = {}, 0
     for key, idx in mask.indices.items():
         scores = reference.scores.get(key)

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from .attribution import Attribution
 from .errors import CADError, CADFileError
+from .fingerprint import require_same_model
 from .mask import Mask
 from .version import FORMAT_VERSION, PACK_VERSION
 
@@ -156,9 +157,9 @@ def _read(path: str, kind: str, expected_fingerprint: str | None):
         raise CADFileError(f"{_name(path)} is a CAD {raw['cad.kind']} file, but a CAD {kind} was expected here. "
                            f"Use the Load CAD {raw['cad.kind'].capitalize()} node for it.")
     fingerprint = raw.get("cad.fingerprint", "")
-    if expected_fingerprint is not None and fingerprint != expected_fingerprint:
-        raise CADFileError(f"{_name(path)} was made for another model (file fingerprint {fingerprint}, this model "
-                           f"{expected_fingerprint}). Attribute this model again, or load the checkpoint it was made for.")
+    if expected_fingerprint is not None:
+        require_same_model(fingerprint, expected_fingerprint, _name(path), "this model",
+                           "Attribute this model again, or load the checkpoint it was made for.", CADFileError)
     try:
         meta = _strict_json(raw.get("cad.meta", "{}"))
         if not isinstance(meta, dict):

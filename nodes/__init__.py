@@ -1,1 +1,2 @@
-"""ComfyUI adapters for cad_core. Node modules validate, call cad_core (via comfy_bridge), return."""
+"""ComfyUI adapters for cad_core. Node modules validate, call cad_core (and the bridge package for ComfyUI
+mechanics), return."""

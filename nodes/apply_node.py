@@ -2,7 +2,7 @@
 from comfy_api.latest import io
 
 from .cad_types import CadMask
-from .comfy_bridge import apply_mask
+from .bridge import apply_mask
 from .validation import check_numbers, require_numbers
 
 

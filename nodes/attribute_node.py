@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
 from ..cad_core.objectives import objectives_help
 from .cad_types import CadAttribution
-from .chunking import attribute_with_budget
+from .bridge import attribute_with_budget
 from .validation import check_choices, check_numbers
 
 

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..cad_core import CADError, load_attribution, load_mask, save_attribution, save_mask
 from .cad_types import CadAttribution, CadMask
-from .comfy_bridge import fingerprint_of
+from .bridge import fingerprint_of
 from .validation import check_choices
 
 FOLDER = "cad"

@@ -2,7 +2,7 @@
 from comfy_api.latest import io
 
 from .cad_types import CadAttribution, CadMask
-from .comfy_bridge import verify_on
+from .bridge import verify_on
 from .validation import check_numbers, require_numbers
 
 

@@ -10,7 +10,7 @@ import torch
 
 import comfyui_version
 from cad_pack.cad_core import select_components
-from cad_pack.nodes.comfy_bridge import attribute_model
+from cad_pack.nodes.bridge import attribute_model
 
 from family_models import build, conditioning, empty_latent
 

@@ -25,7 +25,7 @@ import comfy.samplers
 import comfy.supported_models
 from cad_pack.cad_core import Mask, resolve_scope
 from cad_pack.cad_core.noise import FlowMatching, VarianceExploding, ddim_step
-from cad_pack.nodes.comfy_bridge import apply_mask, fingerprint_of, patchable_weights
+from cad_pack.nodes.bridge import apply_mask, fingerprint_of, patchable_weights
 
 CTX, POOLED = 32, 32          # reduced text width and pooled width (real: 768/1024/2048/4096, 1280/2048/768)
 

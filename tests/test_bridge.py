@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cad_pack.cad_core import Mask, select_components
-from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
+from cad_pack.nodes.bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
 
 from family_models import loaded_weight
 from family_models import plain_autograd_alpha as family_plain_autograd_alpha
@@ -134,7 +134,7 @@ def test_verify_measures_what_the_attribution_predicts_for_a_small_shrink():
     Uses concept_likelihood: concept_gap stops the gradient through the base branch, while a real
     ablation changes both branches, so its measured change is not the first-order prediction.
     """
-    from cad_pack.nodes.comfy_bridge import measure_on, verify_on
+    from cad_pack.nodes.bridge import measure_on, verify_on
     mp = tiny_sd15(seed=14, scale=0.08)
     attribution = node_path(mp, "concept_likelihood")
     mask = select_components(attribution, "erase", 0.05, "per_matrix")
@@ -149,7 +149,7 @@ def test_verify_measures_what_the_attribution_predicts_for_a_small_shrink():
 
 
 def test_verify_gap_measures_the_edited_model():
-    from cad_pack.nodes.comfy_bridge import measure_on
+    from cad_pack.nodes.bridge import measure_on
     mp = tiny_sd15(seed=15, scale=0.08)
     attribution = node_path(mp, "concept_gap")
     mask = select_components(attribution, "erase", 0.2, "per_matrix")
@@ -165,7 +165,7 @@ def test_gap_with_the_base_held_matches_the_first_order_prediction():
     """concept_gap's alpha differentiates the concept branch only; holding the base branch at the unedited
     model's predictions measures exactly that J, so a small shrink lands on the prediction."""
     from cad_pack.cad_core import predicted_change
-    from cad_pack.nodes.comfy_bridge import held_base_on, measure_on
+    from cad_pack.nodes.bridge import held_base_on, measure_on
     mp = tiny_sd15(seed=15, scale=0.08)
     attribution = node_path(mp, "concept_gap")
     mask = select_components(attribution, "erase", 0.05, "per_matrix")
@@ -197,16 +197,16 @@ def test_every_concept_image_is_used_even_with_samples_1():
 def test_no_grad_forwards_run_without_the_pack_wrappers_and_get_them_back():
     """The wrappers only matter with gradients; ComfyUI copies every wrapped weight per forward, so no-grad
     forwards lift the pack's wrappers (and only the pack's) and restore them, also after an error."""
-    from cad_pack.nodes.comfy_bridge import (CopyForBackward, _cad_wrappers_lifted,
-                                             _modules_with_cad_wrappers)
+    from cad_pack.nodes.bridge.probes import (CopyForBackward, cad_wrappers_lifted,
+                                              modules_with_cad_wrappers)
     layer, plain = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     other = lambda w: w  # noqa: E731  (a user's weight function, e.g. a low-VRAM LoRA patch)
     layer.weight_function, plain.weight_function = [CopyForBackward(), other], [other]
-    modules = _modules_with_cad_wrappers(torch.nn.Sequential(layer, plain))
+    modules = modules_with_cad_wrappers(torch.nn.Sequential(layer, plain))
     assert modules == [layer]
     original = layer.weight_function
     with pytest.raises(RuntimeError):
-        with _cad_wrappers_lifted(modules):
+        with cad_wrappers_lifted(modules):
             assert layer.weight_function == [other] and plain.weight_function == [other]
             raise RuntimeError("cancelled")
     assert layer.weight_function is original

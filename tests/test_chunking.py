@@ -8,8 +8,8 @@ import torch
 from cad_pack.cad_core import Attribution, CADError, resolve_scope
 from cad_pack.cad_core.budget import BYTES_PER_SCOPED_WEIGHT, MB, join_chunks, plan_chunks, scope_bytes
 from cad_pack.nodes.attribute_node import CADAttribute
-from cad_pack.nodes.chunking import attribute_with_budget, plan_passes
-from cad_pack.nodes.comfy_bridge import patchable_weights
+from cad_pack.nodes.bridge import attribute_with_budget, plan_passes
+from cad_pack.nodes.bridge import patchable_weights
 
 from family_models import build, conditioning, empty_latent
 

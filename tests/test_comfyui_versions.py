@@ -11,8 +11,8 @@ import comfy.samplers
 import comfy.sd
 import nodes as comfy_nodes
 from cad_pack.cad_core import CADError, Mask, load_attribution, load_mask, resolve_scope
-from cad_pack.nodes.chunking import attribute_with_budget, needs_pooled_output
-from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, fingerprint_of, parameterization_of
+from cad_pack.nodes.bridge import attribute_with_budget, needs_pooled_output
+from cad_pack.nodes.bridge import apply_mask, attribute_model, fingerprint_of, parameterization_of
 from cad_pack.cad_core.noise import FlowMatching, VarianceExploding
 
 import cross_version as X

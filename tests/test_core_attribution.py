@@ -596,7 +596,7 @@ def test_sum_attributions_adds_scores_and_refuses_mixed_models():
     b = Attribution({"w": torch.tensor([0.5, 3.0])}, "f1", {"objective": "concept_gap"})
     total = sum_attributions([a, b])
     assert total.scores["w"].tolist() == [1.5, 1.0] and total.meta["summed_from"] == 2
-    with pytest.raises(CADError, match="different models"):
+    with pytest.raises(CADError, match="another model"):
         sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f2", {})])
     with pytest.raises(CADError, match="different weights"):
         sum_attributions([a, Attribution({"v": torch.zeros(2)}, "f1", {"objective": "concept_gap"})])

@@ -13,7 +13,7 @@ low-precision dtype computes in fp32), plus bf16/fp16 computed natively as a GPU
 import pytest
 import torch
 
-from cad_pack.nodes.comfy_bridge import attribute_model
+from cad_pack.nodes.bridge import attribute_model
 
 from family_models import build, check_mask_round_trip, conditioning, empty_latent, plain_autograd_alpha
 
@@ -121,7 +121,7 @@ def test_masks_patch_and_unpatch_low_precision_weights_exactly(stored, lowvram):
 def test_fp16_compute_scales_the_loss_so_small_gradients_survive(monkeypatch):
     """On a 32x32 latent, J's gradients (a mean over 4,096 elements) fall below fp16's normal range: without
     loss scaling 1% of the scores underflow to 0 and alpha is 18% off the fp32-computed one; with it, <2%."""
-    import cad_pack.nodes.comfy_bridge as bridge
+    import cad_pack.nodes.bridge.attribution as bridge  # the module attribute_model looks loss_scale_for up in
 
     def flat(mp):
         with torch.inference_mode():

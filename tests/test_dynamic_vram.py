@@ -20,8 +20,8 @@ import torch
 import comfy.model_patcher
 import comfy.ops
 from cad_pack.cad_core import CADError
-from cad_pack.nodes import comfy_bridge
-from cad_pack.nodes.comfy_bridge import attribute_model
+from cad_pack.nodes.bridge import attribution as bridge_attribution
+from cad_pack.nodes.bridge import attribute_model
 
 from family_models import build, conditioning, empty_latent, plain_autograd_alpha
 from tiny_models import sample as sample_tiny
@@ -149,7 +149,7 @@ def test_alpha_equals_plain_autograd_with_shared_cast_buffers_and_small_modules_
 
 def test_a_probe_that_never_runs_is_an_error_not_a_zero(dynamic_vram_hazards, monkeypatch):
     """If some future ComfyUI path bypassed the weight wrappers, CAD must refuse instead of scoring 0."""
-    monkeypatch.setattr(comfy_bridge, "install_missing_cad_wrappers", lambda grad_model: 0)
+    monkeypatch.setattr(bridge_attribution, "install_missing_cad_wrappers", lambda grad_model: 0)
     with pytest.raises(CADError, match="without CAD's gradient probe.*--disable-dynamic-vram"):
         node_path(build("sd15", seed=3), "sd15")
 

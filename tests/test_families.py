@@ -16,8 +16,8 @@ import comfy.model_base
 import comfy.model_sampling
 from cad_pack.cad_core import CADError, FlowMatching, VarianceExploding, resolve_scope, select_components
 from cad_pack.cad_core.families import detect_family
-from cad_pack.nodes.chunking import attribute_with_budget
-from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
+from cad_pack.nodes.bridge import attribute_with_budget
+from cad_pack.nodes.bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
 
 from family_models import (EXPECTED, FAMILIES, build, check_mask_round_trip, conditioning, empty_latent,
                            plain_autograd_alpha)

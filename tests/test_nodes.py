@@ -8,7 +8,7 @@ from cad_pack.cad_core import Attribution, CADError
 from cad_pack.nodes.apply_node import ApplyCADMask
 from cad_pack.nodes.attribute_node import CADAttribute
 from cad_pack.nodes.mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
-from cad_pack.nodes.comfy_bridge import fingerprint_of
+from cad_pack.nodes.bridge import fingerprint_of
 
 from tiny_models import conditioning, empty_latent, tiny_sd15
 
@@ -98,5 +98,5 @@ def test_sum_attributions_node_adds_scores_and_reports_the_total():
     assert out.args[0].scores[KEY].tolist() == [[4.0, 3.0]]
     summary = out.ui["cad_summary"][0]
     assert summary["positive_mass"] == 7.0 and summary["negative_mass"] == 0.0
-    with pytest.raises(CADError, match="different models"):
+    with pytest.raises(CADError, match="another model"):
         CADSumAttributions.execute(attribution_a=a, attribution_b=scores_attribution([[1.0, 1.0]], "0" * 16))

@@ -11,7 +11,7 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 from cad_pack.cad_core import CADError, GradientAccumulator
-from cad_pack.nodes.comfy_bridge import GradProbe, attribute_model
+from cad_pack.nodes.bridge import GradProbe, attribute_model
 
 from tiny_models import conditioning, empty_latent, tiny_sd15
 from tiny_models import sample as sample_tiny

@@ -20,7 +20,7 @@ pack = import_pack()
 import comfy.sample  # noqa: E402
 
 from cad_pack.cad_core import Mask, protect, select_components, sum_attributions  # noqa: E402
-from cad_pack.nodes.comfy_bridge import apply_mask, attribute_model, original_weight  # noqa: E402
+from cad_pack.nodes.bridge import apply_mask, attribute_model, original_weight  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
 
 SAMPLER, SCHEDULER, SAMPLE_STEPS, CFG = "euler", "normal", 20, 3.0

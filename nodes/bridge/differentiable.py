@@ -1,4 +1,7 @@
-"""Parameters that ComfyUI's weight wrappers never see, made safe for autograd during attribution.
+"""Making a ComfyUI model differentiable: which model CAD differentiates (a non-dynamic reload under Dynamic
+VRAM), ComfyUI kernels that need its training switch for a backward, and parameters no weight wrapper reaches.
+
+Parameters that ComfyUI's weight wrappers never see, made safe for autograd during attribution.
 
 Weight wrappers (probes and copy-forcing identities) only exist on comfy ops (`CastWeightBiasOp`:
 Linear, Conv, GroupNorm, LayerNorm, ...). DiT families also hold parameters in plain modules: the
@@ -14,10 +17,66 @@ the norm saved `img` for backward. While a differentiated forward runs, LayerNor
 grad are therefore cloned first, so the norm saves its own copy. Values are unchanged.
 """
 import contextlib
+import logging
 
 import torch
 
+import comfy.model_management
 import comfy.ops
+
+@contextlib.contextmanager
+def kernels_with_backward():
+    """ComfyUI 0.33 routes some ops to fused comfy-kitchen kernels without a backward (Flux's rotary embedding:
+    "no autograd formula was registered for comfy_kitchen.apply_rope") unless model_management.in_training is
+    set, as core's LoRA trainer sets it. Set only around differentiated forwards; older ComfyUI lacks the flag."""
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
+# --- the model CAD differentiates ------------------------------------------------------------------------
+
+def is_dynamic(model) -> bool:
+    """Whether `model` loads through ComfyUI's Dynamic VRAM (ModelPatcherDynamic, 0.33+ on GPUs)."""
+    return bool(getattr(model, "is_dynamic", lambda: False)())
+
+
+@contextlib.contextmanager
+def differentiable_source(model):
+    """The patcher whose clones CAD Attribute differentiates: `model` itself, or under Dynamic VRAM a
+    non-dynamic copy of it, released on exit.
+
+    Dynamic VRAM loads weights in a way autograd cannot rely on (weight functions only on modules > 16 KiB,
+    weights handed out as views of reused buffers). Like core's LoRA trainer, CAD then differentiates a
+    non-dynamic model: `clone(disable_dynamic=True)` re-runs the model's loader (the checkpoint is read again,
+    so RAM holds a second copy while CAD runs) with the same patches, LoRAs included. It runs inside
+    inference_mode(False), so the reloaded weights are ordinary tensors. A model whose loader cannot be re-run
+    (a custom loader without `cached_patcher_init`) is differentiated as it is; the wrappers then defend
+    themselves (install_missing_cad_wrappers, CopyForBackward, probes_must_see_their_modules).
+    """
+    source = model
+    if is_dynamic(model):
+        try:
+            with torch.inference_mode(False):
+                source = model.clone(disable_dynamic=True)
+            logging.info("CAD: differentiating a non-dynamic reload of the model (Dynamic VRAM is on).")
+        except (RuntimeError, TypeError) as e:  # no cached_patcher_init; TypeError: a clone() without the argument
+            logging.warning("CAD: this model's loader cannot reload it without Dynamic VRAM (%s); attributing the "
+                            "dynamic model with CAD's own safeguards. If results look wrong, start ComfyUI with "
+                            "--disable-dynamic-vram.", e)
+    try:
+        yield source
+    finally:
+        if source is not model:
+            del source
+            comfy.model_management.soft_empty_cache()
+
 
 
 def _unwrapped_tensors(diffusion_model):

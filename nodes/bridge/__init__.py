@@ -1,0 +1,25 @@
+"""The bridge: everything that touches ComfyUI internals, one module per job. Node modules validate their
+inputs, call these functions (and cad_core), and return.
+
+    model_info      what CAD reads off a MODEL: weights, fingerprint, noising form, conditioning needs, latent
+    probes          weight wrappers that capture dJ/dW of the scoped weights (GradProbe, ProbeCapture)
+    differentiable  which model CAD differentiates (a non-dynamic reload under Dynamic VRAM) and what makes
+                    ComfyUI's forward passes safe for autograd
+    attribution     CAD Attribute through ComfyUI's CFGGuider, in chunks under a memory budget
+    masks           Apply CAD Mask: the weight adapter and the patched clone
+    verification    CAD Verify: J re-measured at the visited latents, with a mask really applied
+
+ComfyUI runs every node under torch.inference_mode() and loaders create weights as inference tensors, which
+autograd refuses to save. Attribution therefore runs on a clone of the MODEL inside inference_mode(False), with
+probes on the scoped weights and copy-forcing identity wrappers on every other weight, so downstream layers get
+private tensors they may save for backward.
+"""
+from .attribution import SCHEDULER, AttributionSampler, attribute_model, attribute_with_budget, plan_passes
+from .differentiable import differentiable_source, is_dynamic, ordinary_copies_of_plain_parameters
+from .masks import CADMaskAdapter, apply_mask
+from .model_info import (PREFIX, check_conditioning, check_fingerprint, compute_dtype_of, fingerprint_of,
+                         needs_pooled_output, op_weight_shapes, original_weight, parameterization_of,
+                         patchable_weights, sampler_latent)
+from .probes import (CopyForBackward, GradProbe, ProbeCapture, install_missing_cad_wrappers,
+                     probes_must_see_their_modules, remove_cad_wrappers)
+from .verification import held_base_on, measure_on, verify_on

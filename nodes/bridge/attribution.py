@@ -1,0 +1,160 @@
+"""CAD Attribute on a ComfyUI MODEL: cad_core.attribute() run through ComfyUI's own CFGGuider (conditioning is
+prepared exactly as KSampler prepares it), on a differentiable clone with gradient probes, under a memory budget
+in chunks when asked."""
+import torch
+
+import comfy.model_management
+import comfy.samplers
+
+from ...cad_core import CADError, attribute, resolve_scope, seeded_noise
+from ...cad_core.budget import MB, join_chunks, plan_chunks, scope_bytes
+from ...cad_core.trajectory import loss_scale_for
+from .differentiable import differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters
+from .model_info import (check_conditioning, compute_dtype_of, fingerprint_of, parameterization_of,
+                         patchable_weights, sampler_latent)
+from .probes import (ProbeCapture, cad_wrappers_lifted, install_missing_cad_wrappers, install_probes,
+                     modules_with_cad_wrappers, probes_must_see_their_modules, remove_cad_wrappers)
+
+SCHEDULER = "normal"
+
+
+class AttributionSampler(comfy.samplers.Sampler):
+    """Runs cad_core's visiting loop with conditioning prepared exactly as KSampler prepares it.
+
+    patcher: the gradient clone whose CAD wrappers must be on its modules once ComfyUI has loaded it.
+    """
+
+    def __init__(self, run, patcher=None):
+        self.run, self.patcher = run, patcher
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        inner, conds, options = model_wrap.inner_model, model_wrap.conds, extra_args["model_options"]
+
+        if self.patcher is not None:  # ComfyUI has loaded the model by now
+            install_missing_cad_wrappers(self.patcher)
+        wrapped = modules_with_cad_wrappers(inner.diffusion_model)
+
+        def predictor(name):
+            def predict(x, sigma):
+                x = x.to(noise.device)
+                x = x.clone() if x.is_inference() else x
+                s = sigma.reshape(1).to(x).expand(x.shape[0])
+                if torch.is_grad_enabled():
+                    with kernels_with_backward():
+                        return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
+                with cad_wrappers_lifted(wrapped):
+                    return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
+            return predict
+
+        # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward; so
+        # are the parameters outside comfy ops (DiT RMSNorm scales), which no weight wrapper reaches.
+        with ordinary_copies_of_plain_parameters(inner.diffusion_model):
+            return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
+
+
+def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
+                    scope_regex="", schedule="single", concept_latent=None, on_progress=None, source=None,
+                    keys=None):
+    """CAD attribution of `model` for the concept in `positive` against `base`; never modifies `model`.
+
+    source: the differentiable_source of `model` when the caller runs several passes (chunks) over it.
+    keys: the part of the scope this pass scores (a chunk, from attribute_with_budget); default: all of it.
+    """
+    if source is None:
+        with differentiable_source(model) as own_source:
+            return attribute_model(model, positive, base, latent, objective=objective, steps=steps, guidance=guidance,
+                                   seed=seed, samples=samples, scope=scope, scope_regex=scope_regex,
+                                   schedule=schedule, concept_latent=concept_latent, on_progress=on_progress,
+                                   source=own_source, keys=keys)
+    available = patchable_weights(model)
+    keys = resolve_scope(available, scope, scope_regex) if keys is None else list(keys)
+    shapes = dict(available)
+    fingerprint = fingerprint_of(model)
+    latent_image = sampler_latent(model, latent)[:1]
+    images = None
+    if concept_latent is not None:
+        images = sampler_latent(model, concept_latent)
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).float()
+    parameterization = parameterization_of(model)
+
+    with torch.inference_mode(False):
+        model.model.requires_grad_(False)
+        source.model.requires_grad_(False)
+        grad_model = source.clone()
+        probes = install_probes(grad_model, keys)
+        capture = ProbeCapture(probes, shapes, grad_model.load_device)
+        result = {}
+
+        def run(concept, base_fn, sigmas_dev, noise, processed_latent):
+            # Sample 0's first trajectory uses the seed itself, as KSampler would.
+            draw = seeded_noise((1, *noise.shape[1:]), seed)
+            given = processed_latent if images is not None else None
+            result["attribution"] = attribute(
+                capture, concept, base_fn, sigmas=sigmas_dev, parameterization=parameterization, objective=objective,
+                guidance=guidance, schedule=schedule, make_noise=lambda sample, restart: draw(sample, restart).to(noise),
+                samples=samples if given is None else max(samples, len(given)),  # every concept image counts
+                images=given, loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()),
+                on_progress=on_progress, fingerprint=fingerprint,
+                meta={"scope": scope, "scope_regex": scope_regex, "seed": seed,
+                      "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
+                      "latent_shape": list(latent_image.shape)})
+            return processed_latent
+
+        try:
+            guider = comfy.samplers.CFGGuider(grad_model)
+            guider.set_conds(positive, base)
+            guider.set_cfg(guidance)
+            start = images if images is not None else latent_image
+            noise = torch.zeros_like(start)
+            with probes_must_see_their_modules(grad_model, probes):
+                guider.sample(noise, start, AttributionSampler(run, grad_model), sigmas, seed=seed,
+                              disable_pbar=True)
+        finally:
+            remove_cad_wrappers(grad_model)
+            del grad_model
+            comfy.model_management.soft_empty_cache()
+    return result["attribution"]
+
+
+
+# --- under a memory budget: the scope in chunks, one attribution pass per chunk --------------------------------
+# Every pass uses the same seed, so it samples the same trajectories, and the joined scores equal a single-pass
+# run's. See cad_core/budget.py for what the budget counts.
+
+def plan_passes(model, scope: str, scope_regex: str, memory_budget_mb: float) -> list[list[str]]:
+    """The chunks (lists of weight keys, model order) one attribution of `scope` is split into."""
+    available = patchable_weights(model)
+    shapes = dict(available)
+    keys = resolve_scope(available, scope, scope_regex)
+    return plan_chunks([(k, shapes[k]) for k in keys], (memory_budget_mb or 0) * MB)
+
+
+def attribute_with_budget(model, positive, base, latent, *, memory_budget_mb=0, on_progress=None, **kwargs):
+    """attribute_model, split into passes when the scope's per-pass state would exceed memory_budget_mb.
+
+    memory_budget_mb <= 0 (the default) means no limit: exactly one attribute_model call.
+    """
+    if memory_budget_mb is None or memory_budget_mb < 0:
+        raise CADError(f"memory_budget_mb must be 0 (no limit) or a positive number of MB, got {memory_budget_mb!r}.")
+    check_conditioning(model, positive, base)
+    kwargs = {"scope": "ff", **kwargs}  # the node's default scope
+    scope, scope_regex = kwargs["scope"], kwargs.get("scope_regex", "") or ""
+    chunks = plan_passes(model, scope, scope_regex, memory_budget_mb)
+    if len(chunks) == 1:
+        return attribute_model(model, positive, base, latent, on_progress=on_progress, **kwargs)
+
+    shapes = dict(patchable_weights(model))
+    passes, parts = len(chunks), []
+    with differentiable_source(model) as source:  # one reload under Dynamic VRAM for all passes
+        for i, chunk in enumerate(chunks):
+            def progress(done, total, offset=i):
+                if on_progress is not None:
+                    on_progress(offset * total + done, passes * total)
+            parts.append(attribute_model(model, positive, base, latent, on_progress=progress, source=source,
+                                         keys=chunk, **kwargs))
+    return join_chunks(parts, {
+        "scope": scope, "scope_regex": scope_regex, "memory_budget_mb": memory_budget_mb,
+        "chunk_sizes": [len(c) for c in chunks],
+        "peak_scope_mb": round(max(scope_bytes([shapes[k] for k in c]) for c in chunks) / MB, 3)})
