@@ -24,7 +24,6 @@ import comfy.model_patcher
 import comfy.samplers
 import comfy.supported_models
 from cad_pack.cad_core import Mask, resolve_scope
-from cad_pack.cad_core.noise import FlowMatching, VarianceExploding, ddim_step
 from cad_pack.nodes.bridge import apply_mask, fingerprint_of, patchable_weights
 
 CTX, POOLED = 32, 32          # reduced text width and pooled width (real: 768/1024/2048/4096, 1280/2048/768)
@@ -152,8 +151,28 @@ def empty_latent(size=8):
         return {"samples": torch.zeros((1, 4, size, size))}
 
 
+class ReferenceNoising:
+    """The reference's own noising maths, written here and not imported from the pack (cad_core/noise.py), so a
+    mistake there cannot hide in both sides of a comparison. flow: x_t = (1-s) x0 + s eps; else x_t = x0 + s eps."""
+
+    def __init__(self, flow: bool):
+        self.flow = flow
+
+    def add_noise(self, x0, eps, sigma):
+        s = float(sigma)
+        return (1 - s) * x0 + s * eps if self.flow else x0 + s * eps
+
+    def eps_from_x0(self, x_t, x0, sigma):
+        s = float(sigma)
+        return (x_t - (1 - s) * x0) / s if self.flow else (x_t - x0) / s
+
+    def euler_step(self, x_t, x0, sigma, sigma_next):
+        """Deterministic DDIM/Euler: keep the implied noise, move to sigma_next (sigma_next 0 lands on x0)."""
+        return self.add_noise(x0, self.eps_from_x0(x_t, x0, sigma), sigma_next)
+
+
 def parameterization(family):
-    return FlowMatching() if EXPECTED[family]["flow"] else VarianceExploding()
+    return ReferenceNoising(flow=EXPECTED[family]["flow"])
 
 
 def apply_kwargs(family, bm, cond_entry, latent_hw):
@@ -225,15 +244,16 @@ def plain_autograd_alpha(mp, family, objective, keys, pos, base, *, steps, seed,
 def _plain_alpha(objective, predict, noise, p, sigmas, steps, guidance, channels, hw, leaves, keys, bm,
                  concept_latent, kw_pos, kw_base):
     total = 0
-    if objective == "concept_gap":
+    if objective in ("concept_gap", "concept_gap_full"):
         x = p.add_noise(torch.zeros((1, channels, *hw)), noise(0), sigmas[0])
         for i in range(steps):
             x0_c = predict(x, sigmas[i], kw_pos)
-            with torch.no_grad():
+            with torch.set_grad_enabled(objective == "concept_gap_full"):   # concept_gap holds the base branch
                 x0_b = predict(x, sigmas[i], kw_base)
             total = total + (p.eps_from_x0(x, x0_c, sigmas[i]) - p.eps_from_x0(x, x0_b, sigmas[i])).pow(2).mean()
+            x0_b = x0_b.detach()
             x0_g = x0_b + guidance * (x0_c.detach() - x0_b)
-            x = ddim_step(p, x, x0_g, sigmas[i], sigmas[i + 1])
+            x = p.euler_step(x, x0_g, sigmas[i], sigmas[i + 1])
     else:
         images = bm.process_latent_in(concept_latent.clone())
         for i in range(steps):

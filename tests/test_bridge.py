@@ -31,7 +31,7 @@ def plain_autograd_alpha(mp, objective, keys, concept_latent=None):
 
 
 @pytest.mark.parametrize("v_prediction", [False, True], ids=["eps", "v"])
-@pytest.mark.parametrize("objective", ["concept_gap", "concept_likelihood"])
+@pytest.mark.parametrize("objective", ["concept_gap", "concept_likelihood", "concept_gap_full"])
 def test_node_path_gradients_equal_plain_autograd(objective, v_prediction):
     mp = tiny_sd15(seed=3, v_prediction=v_prediction)
     concept = None

@@ -199,7 +199,7 @@ def scaled(params, key, flat_index, factor):
 # 1. alpha equals the first-order change of J
 # ----------------------------------------------------------------------------------------------
 CASES = [(obj, kind, sched)
-         for obj in ("concept_gap", "likelihood_images", "likelihood_own")
+         for obj in ("concept_gap", "concept_gap_full", "likelihood_images", "likelihood_own")
          for kind in ("variance_exploding", "flow_matching")
          for sched in ("single", "reference")]
 
@@ -209,9 +209,9 @@ def test_alpha_matches_finite_difference(case, kind, schedule):
     model = ToyDenoiser(seed=3, ve=kind == "variance_exploding")
     w0 = detached_params(model)
     sigmas = SIGMAS[kind]
-    if case == "concept_gap":
+    if case in ("concept_gap", "concept_gap_full"):
         samples, images = 2, None
-        result, concept, _ = run_attribute(model, kind, "concept_gap", schedule, samples=samples)
+        result, concept, base = run_attribute(model, kind, case, schedule, samples=samples)
         visits = gap_visits(model, w0, kind, sigmas, schedule, samples)
         # cad_core visited exactly the points our own sampler reaches, each with the sigma it was sampled at
         assert len(concept.visits) == len(visits) == samples * (len(sigmas) - 1)
@@ -219,8 +219,16 @@ def test_alpha_matches_finite_difference(case, kind, schedule):
             assert sr == s
             torch.testing.assert_close(xr, x, rtol=1e-5, atol=1e-6)
 
-        def J(p):
-            return j_gap_fixed(model, p, w0, kind, visits)
+        if case == "concept_gap_full":  # both branches differentiated: the base moves with the weights too
+            assert len(base.visits) == len(visits)
+
+            def J(p):
+                return j_gap_fixed(model, p, p, kind, visits)
+        else:                           # the base branch held at the original weights (stop-gradient)
+            assert base.visits == []
+
+            def J(p):
+                return j_gap_fixed(model, p, w0, kind, visits)
     else:
         if case == "likelihood_images":
             samples = 2
@@ -242,7 +250,7 @@ def test_alpha_matches_finite_difference(case, kind, schedule):
 
     # the objective total cad_core reports is J at the unedited weights
     assert result.meta["unet_calls"]["objective_total"] == pytest.approx(J(w0), rel=1e-5)
-    assert result.meta["objective"] == ("concept_gap" if case == "concept_gap" else "concept_likelihood")
+    assert result.meta["objective"] == (case if case.startswith("concept_gap") else "concept_likelihood")
     assert set(result.scores) == set(SCOPE)
 
     # alpha_i = w_i * dJ/dw_i = d/dh J(w_i * (1 + h)) at h = 0: central difference in float64

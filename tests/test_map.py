@@ -177,12 +177,51 @@ def test_map_node_draws_many_blocks_and_checks_its_size(map_node):
     assert "width" in map_node.validate_inputs(width=100, height=512)
 
 
-def test_map_of_an_all_zero_attribution_still_draws():
-    from cad_pack.nodes.map_render import render_block_map
+def bar_heights(picture, rgb, anchored):
+    """Heights in pixels of the bars of one colour, left to right, measured at each bar's centre column. Only bars
+    standing on (anchored="bottom") or hanging from ("top") the most common baseline count: legend swatches do not."""
+    pixels = np.asarray(picture).astype(int) if not torch.is_tensor(picture) else \
+        (picture[0].numpy() * 255).round().astype(int)
+    hit = np.abs(pixels - np.array(rgb)).max(axis=-1) <= 2
+    columns = np.where(hit.any(axis=0))[0]
+    runs = np.split(columns, np.where(np.diff(columns) > 1)[0] + 1) if columns.size else []
+    spans = []
+    for run in runs:
+        ys = np.where(hit[:, run[len(run) // 2]])[0]
+        spans.append((ys.min(), ys.max()))
+    if not spans:
+        return []
+    edge = 1 if anchored == "bottom" else 0
+    baseline = np.bincount([span[edge] for span in spans]).argmax()
+    return [int(bottom - top + 1) for top, bottom in spans if (top, bottom)[edge] == baseline]
+
+
+def assert_heights_follow(heights, values):
+    """Bar heights in proportion to the values they draw (to the pixel)."""
+    values = [abs(v) for v in values if v]
+    assert len(heights) == len(values) > 0, (heights, values)
+    tallest = max(heights)
+    for height, value in zip(heights, values):
+        assert abs(height - tallest * value / max(values)) <= 2, (heights, values)
+
+
+def test_map_of_an_all_zero_attribution_draws_no_bars():
+    from cad_pack.nodes.map_render import MUTED, NEGATIVE, POSITIVE, render_block_map
 
     zero = Attribution({K_MID: torch.zeros(5, 5)}, "fp", {"objective": "concept_gap", "scope": "ff"})
-    picture = render_block_map(block_map(zero), 512, 256)
-    assert picture.size == (512, 256)
+    picture = np.asarray(render_block_map(block_map(zero), 512, 256)).astype(int)
+    some = np.asarray(render_block_map(block_map(random_attribution(shapes={K_MID: (5, 5)})), 512, 256)).astype(int)
+    assert picture.shape == (256, 512, 3)
+    for colour in (POSITIVE, NEGATIVE):
+        drawn = np.abs(picture - np.array(colour)).max(axis=-1) <= 2
+        in_other = np.abs(some - np.array(colour)).max(axis=-1) <= 2
+        # only the legend's swatch: what the zero map draws in a bar colour, the other map draws there too,
+        # and the other map has its bars besides
+        assert drawn.any() and not (drawn & ~in_other).any() and in_other.sum() > 2 * drawn.sum()
+    # the note "every score is zero" in the middle of the chart: grey text (anti-aliased toward MUTED)
+    middle = picture[80:176, 128:384]
+    grey = (np.ptp(middle, axis=-1) <= 8) & (middle.min(axis=-1) >= MUTED[0] - 8) & (middle.max(axis=-1) <= 230)
+    assert grey.sum() > 50, "no 'every score is zero' note in the middle of the chart"
 
 
 def test_map_of_a_real_attribution_run(map_node):
@@ -203,3 +242,8 @@ def test_map_of_a_real_attribution_run(map_node):
     assert [r["positive_mass"] for r in rows] == [b["positive_mass"] for b in summary["blocks"]]
     assert sum(r["selected"] for r in rows) == mask.count > 0
     assert out.args[0].shape == (1, 512, 1024, 3)
+    # the picture draws these numbers: bar heights in proportion to each block's masses and mask share
+    from cad_pack.nodes.map_render import NEGATIVE, POSITIVE, SELECTED
+    assert_heights_follow(bar_heights(out.args[0], POSITIVE, "bottom"), [r["positive_mass"] for r in rows])
+    assert_heights_follow(bar_heights(out.args[0], NEGATIVE, "top"), [r["negative_mass"] for r in rows])
+    assert_heights_follow(bar_heights(out.args[0], SELECTED, "bottom"), [r["share"] for r in rows])

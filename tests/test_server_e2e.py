@@ -4,10 +4,13 @@ import io
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from cad_pack.cad_core import Attribution, Mask, save_attribution, save_mask
+
+from robustness_graphs import image_pixels, sample_graph
 
 pytestmark = pytest.mark.server
 
@@ -43,12 +46,25 @@ def erase_graph(ckpt, steps=3, ratio=RATIO, scope="ff", regex=""):
 def test_erase_workflow_end_to_end(comfy_server):
     from PIL import Image
 
+    # The original MODEL sampled before and after the erase workflow (new latent multipliers: ComfyUI samples
+    # again instead of serving its cache), with the erase graph's KSampler settings.
+    def original_image(multiplier):
+        tag = f"e2e_original_{multiplier:g}"
+        done = comfy_server.run(sample_graph(comfy_server.ckpt_name, latent_multiplier=multiplier, tag=tag))
+        assert done["status"] == "success", done["error"]
+        return image_pixels(comfy_server, done["outputs"], tag)
+
+    before = original_image(5.0)
     result = comfy_server.run(erase_graph(comfy_server.ckpt_name), timeout=600)
     assert result["status"] == "success", f"{result['error']}\n{comfy_server.log_tail()}"
     out = result["outputs"]
     image = out["10"]["images"][0]
     png = Image.open(io.BytesIO(comfy_server.view(image["filename"], image["subfolder"], image["type"])))
     assert png.size == (64, 64)
+    erased = np.asarray(png.convert("RGB"))
+    after = original_image(6.0)
+    assert np.array_equal(before, after), "the original MODEL samples differently after the CAD nodes ran"
+    assert np.abs(erased.astype(int) - before.astype(int)).max() > 0, "the erased MODEL samples like the original"
 
     summary = out["5"]["cad_summary"][0]
     assert summary["matrices"] == FF_MATRICES and summary["weights"] == FF_WEIGHTS

@@ -1,6 +1,6 @@
 """The objectives J that CAD differentiates: one record (Objective) per objective, one module each.
 
-Both shipped objectives are oriented so that J grows with the concept: alpha = w * dJ/dw then means the same
+Every objective is oriented so that J grows with the concept: alpha = w * dJ/dw then means the same
 for both (alpha > 0 carries the concept). Each J is a mean over latent elements (like the reference's MSE),
 summed over the visited timesteps. The attribution loop, CAD Verify, progress counting, the CAD Attribute
 node's choices and tooltip and the README read these records. Adding an objective = a module here with its
@@ -12,11 +12,12 @@ import torch
 
 from ..errors import CADError
 from .concept_gap import CONCEPT_GAP
+from .concept_gap_full import CONCEPT_GAP_FULL
 from .concept_likelihood import CONCEPT_LIKELIHOOD
 from .record import Objective
 
 # name -> record; iterating gives the names in the order the node offers them (the first is the default)
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (CONCEPT_GAP, CONCEPT_LIKELIHOOD)}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (CONCEPT_GAP, CONCEPT_LIKELIHOOD, CONCEPT_GAP_FULL)}
 
 
 def objective_named(name: str) -> Objective:

@@ -15,27 +15,37 @@ from .record import Objective
 
 def concept_gap(parameterization, x_t, sigma, x0_concept, x0_base) -> torch.Tensor:
     """|| eps(x_t, c) - sg[eps(x_t, c_base)] ||^2 (mean over elements): how far the concept moves the prediction."""
+    return _gap(parameterization, x_t, sigma, x0_concept, x0_base.detach())
+
+
+def _gap(parameterization, x_t, sigma, x0_concept, x0_base) -> torch.Tensor:
     eps_concept = parameterization.eps_from_x0(x_t, at_least_fp32(x0_concept), sigma)
-    eps_base = parameterization.eps_from_x0(x_t, at_least_fp32(x0_base.detach()), sigma)
+    eps_base = parameterization.eps_from_x0(x_t, at_least_fp32(x0_base), sigma)
     return (eps_concept - eps_base).pow(2).mean()
 
 
 def visit(concept, base, plan: TrajectoryPlan, counts: CallCounts, images=None, sample: int = 0) -> None:
+    visit_gap(concept, base, plan, counts, sample, hold_base=True)
+
+
+def visit_gap(concept, base, plan: TrajectoryPlan, counts: CallCounts, sample: int, hold_base: bool) -> None:
+    """The gap's visiting loop. hold_base: the base branch runs without gradients (concept_gap's stop-gradient);
+    otherwise J is differentiated through both branches (concept_gap_full)."""
     p, sig = plan.parameterization, plan.sigmas
     total, done = units_of_work(plan, False), 0
 
     def differentiate_at(x_t, i):
         with torch.enable_grad():
             x0_c = concept(x_t, sig[i])
-        with torch.no_grad():
+        with torch.set_grad_enabled(not hold_base):
             x0_b = base(x_t, sig[i])
         with torch.enable_grad():
-            j = concept_gap(p, x_t, sig[i], x0_c, x0_b)
+            j = concept_gap(p, x_t, sig[i], x0_c, x0_b) if hold_base else _gap(p, x_t, sig[i], x0_c, x0_b)
             (j * plan.loss_scale).backward()
-        counts.forward_backward += 1
-        counts.forward_no_grad += 1
+        counts.forward_backward += 1 if hold_base else 2
+        counts.forward_no_grad += 1 if hold_base else 0
         counts.record(Visit(x_t.detach().cpu(), sig[i].detach().cpu()), j)
-        return x0_c.detach(), x0_b
+        return x0_c.detach(), x0_b.detach()
 
     def start(restart):
         noise = plan.make_noise(sample, restart)
