@@ -259,7 +259,7 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
     info = {"objective": record.name, "steps": plan.steps, "guidance": plan.guidance, "schedule": plan.schedule,
             "samples": samples, "parameterization": plan.parameterization.name, "loss_scale": plan.loss_scale,
             "unet_calls": counts.as_dict(), "seconds": round(time.perf_counter() - started, 3),
-            "pack_version": PACK_VERSION, **(meta or {})}
+            "scope": ", ".join(capture.shapes), "pack_version": PACK_VERSION, **(meta or {})}
     result = Attribution(scores, fingerprint, info, counts.points)
     result.check_usable()
     return result
