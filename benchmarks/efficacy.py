@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
+from toyworld.comfy_env import import_pack  # noqa: E402
+
+import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before anything imports from them
 from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # noqa: E402
 from toyworld.world import SHAPES  # noqa: E402
 
@@ -54,7 +58,7 @@ def fmt_rows(rows):
     return "\n".join([head, *body])
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and ratios (a smoke run)")
     ap.add_argument("--per-colour", type=int, default=None, help="images per colour per prompt (default 8, quick 3)")
@@ -71,79 +75,101 @@ def main():
     ap.add_argument("--out", default=os.path.join(RESULTS, "efficacy.md"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 oversubscribe a busy 2-core machine)")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    per_colour = a.per_colour or (3 if a.quick else 8)
-    a.per_colour = per_colour
-    ratios = a.ratios or ([0.05] if a.quick else [0.02, 0.05, 0.1])
-    targets = a.targets
-    started = time.time()
-    world = ToyWorld.load(a.weights)
-    base_model = world.model
-    before = world.accuracy_table(base_model, per_colour)
-    rows, schedule_rows, amplify_rows, faith_rows, attributions = [], [], [], [], {}
+    a.per_colour = a.per_colour or (3 if a.quick else 8)
+    a.ratios = a.ratios or ([0.05] if a.quick else [0.02, 0.05, 0.1])
+    return a
 
-    scope = {"scope": a.scope, "scope_regex": a.scope_regex}
+
+@dataclass
+class Tables:
+    """The report's rows so far; write() after every section, so a run cut short still leaves its tables."""
+    args: argparse.Namespace
+    started: float
+    before: dict = field(default_factory=dict)
+    erase: list = field(default_factory=list)
+    schedules: list = field(default_factory=list)
+    amplify: list = field(default_factory=list)
+    faithfulness: list = field(default_factory=list)
+
+    def write(self, quiet=True):
+        write_report(self.args, self.before, self.erase, self.schedules, self.amplify, self.faithfulness,
+                     time.time() - self.started, quiet=quiet)
+
+
+def scope_of(a) -> dict:
+    return {"scope": a.scope, "scope_regex": a.scope_regex}
+
+
+def edited_row(world, a, tables, label, target, mask):
+    """A table row for the unedited model with `mask` applied: its size, the target's accuracy, retention."""
+    return row(label, target, mask.count, world.accuracy_table(edited(world.model, mask), a.per_colour), tables.before)
+
+
+def erase_section(world, a, tables, attributions):
+    """Each target erased at every ratio, next to random and |w| controls of the same size per matrix and
+    an erase that protects the other shapes."""
     gran = a.granularity
-
-    def checkpoint():  # a report after every section, so a run cut short still leaves its tables
-        write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, time.time() - started, quiet=True)
-    if {"erase", "amplify"} & set(a.sections):
-        for target in SHAPES:
-            attributions[target] = world.attribute(target, **scope)
-    for target in (targets if "erase" in a.sections else []):
+    for target in (a.targets if "erase" in a.sections else []):
         others = sum_attributions([attributions[s] for s in SHAPES if s != target])
-        for ratio in ratios:
+        for ratio in a.ratios:
             mask = erase_mask(attributions[target], ratio, gran)
-            rows.append(row(f"CAD erase, {gran} {ratio}", target, mask.count,
-                            world.accuracy_table(edited(base_model, mask), per_colour), before))
+            tables.erase.append(edited_row(world, a, tables, f"CAD erase, {gran} {ratio}", target, mask))
             for kind in ("random", "magnitude"):
-                control = matched_control(base_model, mask, kind)
-                rows.append(row(f"control: {kind}, same count per matrix", target, control.count,
-                                world.accuracy_table(edited(base_model, control), per_colour), before))
+                control = matched_control(world.model, mask, kind)
+                tables.erase.append(edited_row(world, a, tables, f"control: {kind}, same count per matrix", target,
+                                               control))
             protected = erase_mask(attributions[target], ratio, gran, protect_with=others)
-            rows.append(row(f"CAD erase + protect others, {gran} {ratio}", target, protected.count,
-                            world.accuracy_table(edited(base_model, protected), per_colour), before))
-        print(fmt_rows(rows[-4 * len(ratios):]), flush=True)
-        checkpoint()
+            tables.erase.append(edited_row(world, a, tables, f"CAD erase + protect others, {gran} {ratio}", target,
+                                           protected))
+        print(fmt_rows(tables.erase[-4 * len(a.ratios):]), flush=True)
+        tables.write()
 
-    # Reference (O(T^2)) schedule next to the single trajectory, at one ratio.
-    ratio = ratios[-1] if a.quick else 0.05
-    for target in (targets if "schedules" in a.sections else []):
+
+def schedules_section(world, a, tables):
+    """Reference (O(T^2)) schedule next to the single trajectory, at one ratio."""
+    gran, scope = a.granularity, scope_of(a)
+    ratio = a.ratios[-1] if a.quick else 0.05
+    for target in (a.targets if "schedules" in a.sections else []):
         reference = world.attribute(target, schedule="reference", steps=10, **scope)
         single = world.attribute(target, schedule="single", steps=10, **scope)
         for label, att in (("single, T=10", single), ("reference, T=10", reference)):
-            mask = erase_mask(att, ratio, gran)
-            schedule_rows.append(row(f"{label}, {gran} {ratio}", target, mask.count,
-                                     world.accuracy_table(edited(base_model, mask), per_colour), before))
-    print(fmt_rows(schedule_rows), flush=True)
-    checkpoint()
+            tables.schedules.append(edited_row(world, a, tables, f"{label}, {gran} {ratio}", target,
+                                               erase_mask(att, ratio, gran)))
+    print(fmt_rows(tables.schedules), flush=True)
+    tables.write()
 
-    # Amplify as a repair: erase the target, attribute the likelihood of its images on the erased
-    # model, ablate the most negative components on top.
-    for target in (targets if "amplify" in a.sections else []):
+
+def amplify_section(world, a, tables, attributions):
+    """Amplify as a repair: erase the target, attribute the likelihood of its images on the erased
+    model, ablate the most negative components on top."""
+    gran, per_colour, base_model, before = a.granularity, a.per_colour, world.model, tables.before
+    for target in (a.targets if "amplify" in a.sections else []):
         erase = erase_mask(attributions[target], 0.05, gran)
         damaged = edited(base_model, erase)
         damaged_table = world.accuracy_table(damaged, per_colour)
-        lik = world.attribute(target, objective="concept_likelihood", model=damaged, samples=4, **scope)
+        lik = world.attribute(target, objective="concept_likelihood", model=damaged, samples=4, **scope_of(a))
         for ratio in ([0.05] if a.quick else [0.01, 0.05]):
             amp = select_components(lik, "amplify", ratio, gran)
             repaired = world.accuracy_table(edited(damaged, amp), per_colour)
             control = world.accuracy_table(edited(damaged, matched_control(base_model, amp, "random")), per_colour)
-            amplify_rows.append({"target": target, "ratio": ratio, "weights": amp.count,
-                                 "before_erase": before[target]["shape"], "erased": damaged_table[target]["shape"],
-                                 "amplified": repaired[target]["shape"], "random_control": control[target]["shape"],
-                                 "others_after": retention(repaired, before, target)["others_mean"]})
-            print("amplify", amplify_rows[-1], flush=True)
-    checkpoint()
+            tables.amplify.append({"target": target, "ratio": ratio, "weights": amp.count,
+                                   "before_erase": before[target]["shape"], "erased": damaged_table[target]["shape"],
+                                   "amplified": repaired[target]["shape"], "random_control": control[target]["shape"],
+                                   "others_after": retention(repaired, before, target)["others_mean"]})
+            print("amplify", tables.amplify[-1], flush=True)
+    tables.write()
 
-    # Faithfulness of the linear estimate over random ablation sets (the paper: r = 0.506).
+
+def faithfulness_section(world, a, tables):
+    """Faithfulness of the linear estimate over random ablation sets (the paper: r = 0.506)."""
+    base_model = world.model
     sets = a.faith_sets or (30 if a.quick else 100)
     # concept_gap twice: as really ablated (both branches move) and with the base branch held at the
     # unedited model, which is the J that alpha differentiates (its base term is stop-gradient).
     variants = (("concept_gap", False), ("concept_gap", True), ("concept_likelihood", False))
     for objective, hold_base in (variants if "faithfulness" in a.sections else ()):
         # 'a circle' against '' so that J can be re-measured with exactly these two conditionings.
-        att = world.attribute("circle", objective=objective, contrast="empty", samples=2, **scope)
+        att = world.attribute("circle", objective=objective, contrast="empty", samples=2, **scope_of(a))
 
         conds = (world.cond("a circle"), world.cond(""))
         with torch.inference_mode():
@@ -155,11 +181,25 @@ def main():
         for strength, set_size in ((1.0, 100), (0.05, 1000), (0.001, 1000)):
             with torch.inference_mode():
                 result = faithfulness(measure, att, sets, set_size, seed=0, strength=strength)
-            faith_rows.append({"objective": objective + (", base held" if hold_base else ""), "strength": strength,
-                               "set_size": set_size, "sets": sets, "pearson_r": result["pearson_r"]})
-            print("faithfulness", faith_rows[-1], flush=True)
+            tables.faithfulness.append({"objective": objective + (", base held" if hold_base else ""),
+                                        "strength": strength, "set_size": set_size, "sets": sets,
+                                        "pearson_r": result["pearson_r"]})
+            print("faithfulness", tables.faithfulness[-1], flush=True)
 
-    write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, time.time() - started)
+
+def main():
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    tables = Tables(a, started=time.time())
+    world = ToyWorld.load(a.weights)
+    tables.before = world.accuracy_table(world.model, a.per_colour)
+    attributions = ({target: world.attribute(target, **scope_of(a)) for target in SHAPES}
+                    if {"erase", "amplify"} & set(a.sections) else {})
+    erase_section(world, a, tables, attributions)
+    schedules_section(world, a, tables)
+    amplify_section(world, a, tables, attributions)
+    faithfulness_section(world, a, tables)
+    tables.write(quiet=False)
 
 
 def write_report(a, before, rows, schedule_rows, amplify_rows, faith_rows, seconds, quiet=False):

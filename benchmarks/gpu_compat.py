@@ -132,18 +132,16 @@ def write_table(results_dir, rows, runs):
 
 # ------------------------------------------------------------------------------------------------ child
 def child(mode, families, out):
-    comfyui = os.environ["COMFYUI_PATH"]
     flags = json.loads(os.environ.get("CAD_GPU_COMPAT_FLAGS", "[]"))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO]
-    sys.path.insert(0, comfyui)
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from pack_bootstrap import import_pack, put_comfyui_on_path
+    put_comfyui_on_path(os.environ["COMFYUI_PATH"])  # the parent sets it to this leg's ComfyUI
     sys.argv = ["main.py", *flags]
     import main  # noqa: F401  ComfyUI's own start-up: flags, Dynamic VRAM, CoreModelPatcher
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     sys.path.insert(0, os.path.join(REPO, "tests"))
-    from pack_bootstrap import import_pack
     import_pack(cpu=mode == "cpu")
     import comfy.model_management as mm
     import comfyui_version

@@ -19,17 +19,9 @@ import urllib.parse
 import urllib.request
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pack_bootstrap import REPO, find_comfyui  # scripts/ is on sys.path wherever this module is found
+
 PACK_DIR_NAME = "comfyui-cad"
-
-
-def find_comfyui():
-    """COMFYUI_PATH, else the copy scripts/setup_env.sh puts in .comfyui/ComfyUI (or None)."""
-    root = os.environ.get("COMFYUI_PATH") or os.path.join(REPO, ".comfyui", "ComfyUI")
-    root = os.path.abspath(root)
-    if os.path.isfile(os.path.join(root, "main.py")) and os.path.isdir(os.path.join(root, "comfy")):
-        return root
-    return None
 
 
 def free_port():

@@ -21,22 +21,47 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from comfy_server import REPO, ComfyServer, reset_dir  # noqa: E402
-from demo_workflow import BRANCHES, UI_FILE, build_api_graph  # noqa: E402
+from example_workflows import DEMO_BRANCHES as BRANCHES, DEMO_NAME  # noqa: E402
+from make_example_workflows import workflow_path  # noqa: E402
 from workflow_format import ui_to_api  # noqa: E402
 
 OUT_DIR = os.path.join(REPO, "output", "demo")
-CAD_NODES = ("10", "11", "21", "22")
-ERASE_ATTRIBUTE = "10"
+UI_FILE = workflow_path(DEMO_NAME)
+# The nodes whose summaries the report quotes, and which mask makes a branch (an unmasked model: "original").
+SUMMARY_TYPES = ("CADAttribute", "CADEraseMask", "CADAmplifyMask")
+BRANCH_OF_MASK = {"CADEraseMask": "erase", "CADAmplifyMask": "amplify"}
+
+
+def nodes_of_type(graph: dict, *class_types: str) -> list:
+    """Ids of the graph's nodes of these types, in id order."""
+    return [nid for nid in sorted(graph, key=int) if graph[nid]["class_type"] in class_types]
+
+
+def upstream(graph: dict, node_id: str, input_name: str) -> str:
+    """Id of the node feeding `input_name` of `node_id`."""
+    return str(graph[node_id]["inputs"][input_name][0])
 
 
 def prompt_text(graph: dict, node_id: str, conditioning: str = "positive") -> str:
     """The text of the CLIP Text Encode feeding `node_id` (through a VAE Decode and a KSampler for a
     Save Image), read from the graph that runs, so labels and scores follow the workflow file."""
-    upstream = {"SaveImage": "images", "VAEDecode": "samples"}
-    node = graph[node_id]
-    while node["class_type"] != "CLIPTextEncode":
-        node = graph[node["inputs"][upstream.get(node["class_type"], conditioning)][0]]
-    return node["inputs"]["text"]
+    follow = {"SaveImage": "images", "VAEDecode": "samples"}
+    while graph[node_id]["class_type"] != "CLIPTextEncode":
+        node_id = upstream(graph, node_id, follow.get(graph[node_id]["class_type"], conditioning))
+    return graph[node_id]["inputs"]["text"]
+
+
+def branch_of(graph: dict, save_id: str) -> str:
+    """The branch a Save Image shows: which mask the model of its KSampler (through a VAE Decode) carries."""
+    model = upstream(graph, upstream(graph, upstream(graph, save_id, "images"), "samples"), "model")
+    if graph[model]["class_type"] != "ApplyCADMask":
+        return "original"
+    return BRANCH_OF_MASK[graph[upstream(graph, model, "mask")]["class_type"]]
+
+
+def save_nodes_of(graph: dict) -> dict:
+    """{(prompt, branch): Save Image id}, in id order, read from the graph that runs."""
+    return {(prompt_text(graph, nid), branch_of(graph, nid)): nid for nid in nodes_of_type(graph, "SaveImage")}
 
 
 def cell_scores(images, prompt):
@@ -84,13 +109,14 @@ def main():
     reset_dir(base)
     with open(UI_FILE) as f:
         ui_workflow = json.load(f)
-    _, built_save_nodes = build_api_graph()
     with ComfyServer(base, log_path=os.path.join(OUT_DIR, "server.log")) as srv:
         print(f"[demo] ComfyUI up on {srv.url} in {srv.startup_seconds:.1f}s")
         graph = ui_to_api(ui_workflow, srv.object_info())
-        save_nodes = {(prompt_text(graph, nid), branch): nid for (_, branch), nid in built_save_nodes.items()}
+        save_nodes = save_nodes_of(graph)
         prompts = list(dict.fromkeys(prompt for prompt, _ in save_nodes))
-        target = prompt_text(graph, ERASE_ATTRIBUTE).removeprefix("a ")
+        erase_attribute = upstream(graph, nodes_of_type(graph, "CADEraseMask")[0], "attribution")
+        target = prompt_text(graph, erase_attribute).removeprefix("a ")
+        cad_nodes = nodes_of_type(graph, *SUMMARY_TYPES)
         t_run = time.time()
         try:
             result = srv.run(graph, timeout=a.timeout)
@@ -114,14 +140,14 @@ def main():
         row = [f"shape {scores[f'{prompt} | {b}']['shape']:.2f}, colour {scores[f'{prompt} | {b}']['colour']:.2f}"
                for b in BRANCHES]
         lines.append(f"| {prompt} | " + " | ".join(row) + " |")
-    texts = {nid: (result["outputs"].get(nid, {}).get("text") or [""])[0] for nid in CAD_NODES}
+    texts = {nid: (result["outputs"].get(nid, {}).get("text") or [""])[0] for nid in cad_nodes}
     report = "\n".join(["# CAD demo", "", f"Workflow: {os.path.relpath(UI_FILE, REPO)}; run {run_s:.1f}s.", "",
                         *lines, "", "```", *texts.values(), "```", ""])
     with open(os.path.join(OUT_DIR, "summary.md"), "w") as f:
         f.write(report)
     with open(os.path.join(OUT_DIR, "summary.json"), "w") as f:
         json.dump({"scores": scores, "run_seconds": round(run_s, 1), "total_seconds": round(time.time() - t0, 1),
-                   "cad": {nid: result["outputs"].get(nid) for nid in CAD_NODES}}, f, indent=1)
+                   "cad": {nid: result["outputs"].get(nid) for nid in cad_nodes}}, f, indent=1)
     print(report)
     print(f"[demo] total {time.time() - t0:.1f}s; wrote {os.path.relpath(OUT_DIR, REPO)}/grid.png, summary.md, summary.json")
     return 0

@@ -5,10 +5,10 @@ Each builder returns an `Example`: the API graph, which nodes show the compariso
 thumbnail and the tests), and a note shown on the canvas. scripts/make_example_workflows.py writes them
 in UI format, with a thumbnail from their real output.
 
-Parameters are close to the demo's (scripts/demo_workflow.py): 64x64 latents, 20 steps, CFG 3, per_row
-selection; each workflow runs in seconds on two CPU cores.
+The demo's workflow (`make demo` runs the shipped cad_demo_erase_amplify.json) is built here too, by
+demo_graph(), with the same pieces: 64x64 latents, 20 steps, CFG 3, per_row selection; each workflow
+runs in seconds on two CPU cores.
 """
-import os
 from dataclasses import dataclass, field
 
 STEPS, CFG, IMAGES = 20, 3.0, 4
@@ -17,6 +17,17 @@ TARGET, PROTECTED = "cross", "square"
 SAVED_PREFIX = "examples/toy_cross"
 # What Save CAD Attribution writes the first time into an empty models/cad/, and Load then reads.
 SAVED_FILE = SAVED_PREFIX + "_00001_.safetensors"
+# The demo: erase the target, amplify it back, each prompt sampled with every branch's model and saved.
+DEMO_NAME = "cad_demo_erase_amplify"
+DEMO_PROMPTS = ("a red cross", "a blue cross", "a green circle", "a yellow triangle")
+DEMO_BRANCHES = ("original", "erase", "amplify")
+DEMO_AMPLIFY_RATIO = 0.05
+DEMO_NOTE = (f"# CAD demo: erase, then amplify back\nCAD Attribute (erase) scores the toy model's feed-forward "
+             f"weights for 'a {TARGET}' against the empty prompt; CAD Erase Mask + Apply CAD Mask remove the top "
+             f"{ERASE_RATIO:.0%} per row. CAD Attribute (amplify) then measures, on the erased model, how well it "
+             f"denoises pictures of a {TARGET} drawn by the original model; ablating the most negative components "
+             f"brings the shape back. Each prompt is sampled with the original, erased and amplified models "
+             f"(`make demo` scores every image).")
 
 
 @dataclass
@@ -39,20 +50,30 @@ class GraphBuilder:
         return [str(nid), 0]
 
 
-def _toy_model(g):
+def _toy_model(g, latent_ids=(3, 4)):
     """The demo model, the empty base prompt and the two latent sizes every example uses."""
     model = g.add(1, "CADDemoModel", "CAD Demo Model")
     clip, vae = [model[0], 1], [model[0], 2]
     empty = g.add(2, "CLIPTextEncode", "base: empty prompt", text="", clip=clip)
-    one = g.add(3, "EmptyLatentImage", "attribution size", width=64, height=64, batch_size=1)
-    many = g.add(4, "EmptyLatentImage", "images per prompt", width=64, height=64, batch_size=IMAGES)
+    one = g.add(latent_ids[0], "EmptyLatentImage", "attribution size", width=64, height=64, batch_size=1)
+    many = g.add(latent_ids[1], "EmptyLatentImage", "images per prompt", width=64, height=64, batch_size=IMAGES)
     return model, clip, vae, empty, one, many
 
 
-def _attribute(g, nid, model, concept, empty, latent, title, objective="concept_gap", **extra):
+def _concept(g, nid, clip, text):
+    return g.add(nid, "CLIPTextEncode", f"concept: {text}", text=text, clip=clip)
+
+
+def _attribute(g, nid, model, concept, empty, latent, title, objective="concept_gap", samples=2, **extra):
     return g.add(nid, "CADAttribute", title, model=model, positive=concept, base=empty, latent=latent,
-                 objective=objective, steps=STEPS, guidance=CFG, seed=0, samples=2, scope="ff",
+                 objective=objective, steps=STEPS, guidance=CFG, seed=0, samples=samples, scope="ff",
                  schedule="single", scope_regex="", **extra)
+
+
+def _mask_and_apply(g, nid, kind, model, attribution, ratio, title, apply_title="Apply CAD Mask", **extra):
+    """CAD Erase/Amplify Mask (`kind`) at nid and Apply CAD Mask at nid+1; returns (mask, edited model)."""
+    mask = g.add(nid, kind, title, attribution=attribution, ratio=ratio, granularity="per_row", **extra)
+    return mask, g.add(nid + 1, "ApplyCADMask", apply_title, model=model, mask=mask, strength=1.0)
 
 
 def _map(g, attribution, mask):
@@ -62,31 +83,41 @@ def _map(g, attribution, mask):
     g.add(16, "PreviewImage", "attribution map (image)", images=picture)
 
 
-def _sample_and_preview(g, nid, model, cond, empty, latent, vae, title, seed):
-    """KSampler -> VAE Decode -> Preview Image at nid, nid+1, nid+2; returns the preview's id."""
-    sampled = g.add(nid, "KSampler", title, model=model, positive=cond, negative=empty, latent_image=latent,
-                    seed=seed, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0)
-    image = g.add(nid + 1, "VAEDecode", samples=sampled, vae=vae)
-    g.add(nid + 2, "PreviewImage", f"{title} (images)", images=image)
+def _ksampler(g, nid, title, model, cond, empty, latent, seed):
+    return g.add(nid, "KSampler", title, model=model, positive=cond, negative=empty, latent_image=latent,
+                 seed=seed, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0)
+
+
+def _sample_and_show(g, nid, model, cond, empty, latent, vae, title, seed, save_prefix=None):
+    """KSampler -> VAE Decode -> Preview Image (Save Image under `save_prefix` if given) at nid, nid+1, nid+2;
+    returns the last one's id."""
+    image = g.add(nid + 1, "VAEDecode", samples=_ksampler(g, nid, title, model, cond, empty, latent, seed), vae=vae)
+    if save_prefix is None:
+        g.add(nid + 2, "PreviewImage", f"{title} (images)", images=image)
+    else:
+        g.add(nid + 2, "SaveImage", images=image, filename_prefix=save_prefix)
     return str(nid + 2)
 
 
-def _compare(g, nid, models, prompts, clip, empty, latent, vae):
-    """Each prompt sampled with each (label, model), same seed per prompt; returns the image rows."""
+def _compare(g, nid, models, prompts, clip, empty, latent, vae, stride=20, prompt_title="prompt: {}",
+             save_folder=None):
+    """Each prompt sampled with each (label, model), same seed per prompt; returns the image rows.
+    With `save_folder` the images are saved as <save_folder>/<label>_<prompt>, else previewed."""
     rows = []
     for p, text in enumerate(prompts):
-        cond = g.add(nid + 20 * p, "CLIPTextEncode", f"prompt: {text}", text=text, clip=clip)
+        cond = g.add(nid + stride * p, "CLIPTextEncode", prompt_title.format(text), text=text, clip=clip)
         for m, (label, model) in enumerate(models):
             title = f"{label}: {text}"
-            rows.append((title, _sample_and_preview(g, nid + 20 * p + 1 + 3 * m, model, cond, empty, latent, vae,
-                                                    title, seed=100 + p)))
+            prefix = f"{save_folder}/{label}_{text.replace(' ', '_')}" if save_folder else None
+            rows.append((title, _sample_and_show(g, nid + stride * p + 1 + 3 * m, model, cond, empty, latent, vae,
+                                                 title, seed=100 + p, save_prefix=prefix)))
     return rows
 
 
 def _red_shape(g, clip, shape, nid):
     """'a red <shape>', to be scored against _colour_base ('a red'): the scores then single out the shape,
     not the colour (on the toy model this erases far more selectively than 'a <shape>' against '')."""
-    return g.add(nid, "CLIPTextEncode", f"concept: a red {shape}", text=f"a red {shape}", clip=clip)
+    return _concept(g, nid, clip, f"a red {shape}")
 
 
 def _colour_base(g, clip):
@@ -95,9 +126,7 @@ def _colour_base(g, clip):
 
 def _erase(g, model, attribution, protect=None, title="CAD Erase Mask"):
     extra = {"protect": protect} if protect else {}
-    mask = g.add(11, "CADEraseMask", title, attribution=attribution, ratio=ERASE_RATIO, granularity="per_row",
-                 **extra)
-    erased = g.add(12, "ApplyCADMask", "Apply CAD Mask", model=model, mask=mask, strength=1.0)
+    mask, erased = _mask_and_apply(g, 11, "CADEraseMask", model, attribution, ERASE_RATIO, title, **extra)
     _map(g, attribution, mask)
     return erased
 
@@ -122,15 +151,11 @@ def erase_a_concept():
 def amplify_a_concept():
     g = GraphBuilder()
     model, clip, vae, empty, one, many = _toy_model(g)
-    concept = g.add(5, "CLIPTextEncode", f"concept: a {TARGET}", text=f"a {TARGET}", clip=clip)
-    pictures = g.add(6, "KSampler", f"pictures of a {TARGET}", model=model, positive=concept, negative=empty,
-                     latent_image=many, seed=1, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
-                     denoise=1.0)
+    concept = _concept(g, 5, clip, f"a {TARGET}")
+    pictures = _ksampler(g, 6, f"pictures of a {TARGET}", model, concept, empty, many, seed=1)
     attribution = _attribute(g, 10, model, concept, empty, one, f"CAD Attribute: likelihood of a {TARGET}",
                              objective="concept_likelihood", concept_latent=pictures)
-    mask = g.add(11, "CADAmplifyMask", "CAD Amplify Mask", attribution=attribution, ratio=AMPLIFY_RATIO,
-                 granularity="per_row")
-    amplified = g.add(12, "ApplyCADMask", "Apply CAD Mask", model=model, mask=mask, strength=1.0)
+    mask, amplified = _mask_and_apply(g, 11, "CADAmplifyMask", model, attribution, AMPLIFY_RATIO, "CAD Amplify Mask")
     _map(g, attribution, mask)
     rows = _compare(g, 100, [("original", model), ("amplified", amplified)], [f"a green {TARGET}"], clip, empty,
                     many, vae)
@@ -188,13 +213,33 @@ def load_attribution():
     return Example("cad_4b_load_attribution", g.graph, note, rows)
 
 
+def demo_graph(target=TARGET, prompts=DEMO_PROMPTS, erase_ratio=ERASE_RATIO, amplify_ratio=DEMO_AMPLIFY_RATIO):
+    """`make demo`'s API graph and its Save Image nodes, {(prompt, branch): id}: erase the target ('a <target>'
+    against the empty prompt), then amplify it back on the erased model from the likelihood of the original
+    model's pictures of it; every prompt sampled with each branch's model (DEMO_BRANCHES) and saved."""
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g, latent_ids=(4, 5))
+    concept = _concept(g, 3, clip, f"a {target}")
+    gap = _attribute(g, 10, model, concept, empty, one, "CAD Attribute (erase)")
+    _, erased = _mask_and_apply(g, 11, "CADEraseMask", model, gap, erase_ratio, "CAD Erase Mask",
+                                "Apply CAD Mask (erase)")
+    pictures = _ksampler(g, 20, f"pictures of a {target} (original model)", model, concept, empty, many, seed=1)
+    lik = _attribute(g, 21, erased, concept, empty, one, "CAD Attribute (amplify)", objective="concept_likelihood",
+                     samples=IMAGES, concept_latent=pictures)
+    _, amplified = _mask_and_apply(g, 22, "CADAmplifyMask", erased, lik, amplify_ratio, "CAD Amplify Mask",
+                                   "Apply CAD Mask (amplify)")
+    models = dict(zip(DEMO_BRANCHES, (model, erased, amplified)))
+    rows = _compare(g, 100, [(branch, models[branch]) for branch in DEMO_BRANCHES], prompts, clip, empty, many, vae,
+                    stride=10, prompt_title="{}", save_folder="cad_demo")
+    cells = [(text, branch) for text in prompts for branch in DEMO_BRANCHES]  # the order _compare adds them in
+    return g.graph, {cell: nid for cell, (_, nid) in zip(cells, rows)}
+
+
 def demo_erase_amplify():
-    """`make demo`'s workflow (scripts/demo_workflow.py): original vs erased vs amplified, four prompts."""
-    import demo_workflow
-    graph, save_nodes = demo_workflow.build_api_graph()
-    prompt = demo_workflow.PROMPTS[0]
-    rows = [(branch, save_nodes[(prompt, branch)]) for branch in demo_workflow.BRANCHES]
-    return Example(os.path.splitext(os.path.basename(demo_workflow.UI_FILE))[0], graph, demo_workflow.NOTE, rows)
+    """`make demo`'s workflow: original vs erased vs amplified, four prompts; the thumbnail shows the first."""
+    graph, save_nodes = demo_graph()
+    rows = [(branch, save_nodes[(DEMO_PROMPTS[0], branch)]) for branch in DEMO_BRANCHES]
+    return Example(DEMO_NAME, graph, DEMO_NOTE, rows)
 
 
 BUILDERS = (erase_a_concept, amplify_a_concept, erase_while_protecting, save_attribution, load_attribution,

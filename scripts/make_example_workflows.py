@@ -65,20 +65,25 @@ def run_for_thumbnail(server, example, object_info):
     thumbnail(rows).save(thumbnail_path(example.name), quality=85)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--thumbnails", action="store_true", help="run every example and write its thumbnail")
-    args = ap.parse_args()
+def write_examples(examples, thumbnails=False):
+    """Write each example's workflow (and with `thumbnails` run it for its thumbnail) on one fresh server."""
     base = os.path.join(REPO, ".cache", "example-workflows-server")
     reset_dir(base)
     with ComfyServer(base) as server:
         object_info = server.object_info()
-        for example in all_examples():  # in order: the load example reads what the save example wrote
+        for example in examples:  # in order: the load example reads what the save example wrote
             write_workflow(example, object_info)
-            if args.thumbnails:
+            if thumbnails:
                 run_for_thumbnail(server, example, object_info)
             print(f"wrote {os.path.relpath(workflow_path(example.name), REPO)}"
-                  + (" and its thumbnail" if args.thumbnails else ""))
+                  + (" and its thumbnail" if thumbnails else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--thumbnails", action="store_true", help="run every example and write its thumbnail")
+    args = ap.parse_args()
+    write_examples(all_examples(), args.thumbnails)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ file is written in fp16 with ComfyUI's own checkpoint key layout.
 import argparse
 import math
 import os
-import sys
 import time
+
+from pack_bootstrap import import_comfyui  # scripts/ is on sys.path wherever this module is found
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bump when the construction below changes, so cached files are rebuilt.
@@ -33,21 +34,6 @@ UNET_CONFIG = {
 }
 VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
                 "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-
-
-def ensure_comfy_on_path():
-    """Put ComfyUI on sys.path (COMFYUI_PATH or .comfyui/ComfyUI) and force CPU before
-    comfy.model_management is imported."""
-    root = os.environ.get("COMFYUI_PATH") or os.path.join(REPO, ".comfyui", "ComfyUI")
-    if not os.path.isfile(os.path.join(root, "main.py")):
-        raise SystemExit(f"ComfyUI not found at {root}; run `bash scripts/setup_env.sh` (or `make setup`)")
-    root = os.path.abspath(root)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from comfy.cli_args import args
-    if "comfy.model_management" not in sys.modules:
-        args.cpu = True
-    return root
 
 
 def _fill_(module, generator):
@@ -71,7 +57,7 @@ def _fill_(module, generator):
 
 def build_state_dict(seed=0):
     """Return (state_dict fp16 with checkpoint keys, param counts dict)."""
-    ensure_comfy_on_path()
+    import_comfyui(cpu=True)
     import torch
     import comfy.model_base
     import comfy.sd1_clip
@@ -114,7 +100,7 @@ def make_sd15_test_checkpoint(path=DEFAULT_PATH, seed=0, force=False):
 
 def check_checkpoint(path):
     """Load through the real loader and run MODEL/CLIP/VAE once; returns a dict of facts."""
-    ensure_comfy_on_path()
+    import_comfyui(cpu=True)
     import torch
     import comfy.sample
     import comfy.sd

@@ -1,6 +1,5 @@
 """Test bootstrap: real ComfyUI on sys.path (CPU), the pack importable as `cad_pack`,
 and session fixtures for the random SD1.5 test checkpoint and a running ComfyUI server."""
-import importlib.util
 import os
 import sys
 import traceback
@@ -10,37 +9,30 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "scripts")
 ARTIFACTS = os.path.join(REPO, "tests", ".artifacts")
+sys.path.insert(0, SCRIPTS)
+import pack_bootstrap  # noqa: E402  (scripts/: the one ComfyUI and pack bootstrap; tests only report its failures)
 
 # --- 1. ComfyUI -------------------------------------------------------------------------
-COMFYUI_PATH = os.path.abspath(os.environ.get("COMFYUI_PATH") or os.path.join(REPO, ".comfyui", "ComfyUI"))
-if not (os.path.isfile(os.path.join(COMFYUI_PATH, "main.py")) and os.path.isdir(os.path.join(COMFYUI_PATH, "comfy"))):
+COMFYUI_PATH = pack_bootstrap.comfyui_root()
+if pack_bootstrap.find_comfyui() is None:
     pytest.exit(f"ComfyUI not found at {COMFYUI_PATH}. Run `make test` (it sets everything up), "
                 f"or point COMFYUI_PATH at a ComfyUI checkout.", returncode=4)
 os.environ["COMFYUI_PATH"] = COMFYUI_PATH  # so scripts/ helpers and subprocesses agree
 # `python -m pytest` puts the repo root on sys.path; our `nodes/` package would then shadow
-# ComfyUI's `nodes.py`. The pack is loaded by file location below, so drop the root.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO]
-sys.path.insert(0, COMFYUI_PATH)
-sys.path.insert(1, SCRIPTS)
-
-from comfy.cli_args import args  # noqa: E402
+# ComfyUI's `nodes.py`. The pack is loaded by file location below, so the root is dropped.
+pack_bootstrap.put_comfyui_on_path(COMFYUI_PATH)  # sys.path: ComfyUI, scripts/, ...
 
 assert "comfy.model_management" not in sys.modules, "comfy.model_management imported before args.cpu was set"
-args.cpu = True  # must precede the first import of comfy.model_management (it picks the device at import)
+pack_bootstrap.choose_device(cpu=True)  # must precede the first import of comfy.model_management
 
 # --- 2. the pack as package `cad_pack` ---------------------------------------------------
-PACK_INIT = os.path.join(REPO, "__init__.py")
+PACK_INIT = pack_bootstrap.PACK_INIT
 CAD_PACK_IMPORT_ERROR = None
 if os.path.isfile(PACK_INIT):
-    _spec = importlib.util.spec_from_file_location("cad_pack", PACK_INIT, submodule_search_locations=[REPO])
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["cad_pack"] = _mod
     try:
-        _spec.loader.exec_module(_mod)
+        pack_bootstrap.load_pack()
     except Exception:  # keep collecting; the header and the `cad_pack` fixture show why
         CAD_PACK_IMPORT_ERROR = traceback.format_exc()
-        for name in [n for n in sys.modules if n == "cad_pack" or n.startswith("cad_pack.")]:
-            del sys.modules[name]
 
 
 def pytest_addoption(parser):

@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 from comfy_server import PACK_DIR_NAME
-from demo_workflow import UI_FILE, build_api_graph
+from example_workflows import DEMO_NAME, demo_graph
+from make_example_workflows import workflow_path
+
+UI_FILE = workflow_path(DEMO_NAME)
 from example_workflows import all_examples
 from make_example_workflows import EXAMPLES_DIR, thumbnail_path, workflow_path
 from workflow_format import api_to_ui, ui_to_api
@@ -35,7 +38,7 @@ def with_defaults(graph, info):
 
 def test_ui_and_api_formats_round_trip(comfy_server):
     info = comfy_server.object_info()
-    graph, _ = build_api_graph()
+    graph, _ = demo_graph()
     ui = api_to_ui(graph, info)
     assert len(ui["nodes"]) == len(graph)
     assert all(len(link) == 6 for link in ui["links"])
@@ -47,10 +50,10 @@ def test_ui_and_api_formats_round_trip(comfy_server):
 def test_shipped_example_workflow_is_current(comfy_server):
     with open(UI_FILE) as f:
         shipped = json.load(f)
-    graph, _ = build_api_graph()
+    graph, _ = demo_graph()
     info = comfy_server.object_info()
     assert strip_meta(ui_to_api(shipped, info)) == with_defaults(graph, info), (
-        "example_workflows/ is stale: run .venv/bin/python scripts/demo_workflow.py")
+        "example_workflows/ is stale: run `make examples`")
 
 
 def test_unknown_node_types_are_named(comfy_server):
@@ -61,7 +64,7 @@ def test_unknown_node_types_are_named(comfy_server):
 
 def test_seed_widgets_get_the_control_the_frontend_adds(comfy_server):
     """The frontend puts a 'control after generate' widget after any INT named seed, flagged or not."""
-    graph, _ = build_api_graph()
+    graph, _ = demo_graph()
     attribute = next(n for n in api_to_ui(graph, comfy_server.object_info())["nodes"] if n["type"] == "CADAttribute")
     seed_at = 3  # objective, steps, guidance, seed
     assert attribute["widgets_values"][seed_at:seed_at + 3] == [0, "fixed", 2]

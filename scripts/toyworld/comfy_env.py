@@ -1,10 +1,8 @@
-"""Import ComfyUI (CPU mode unless CAD_TOYWORLD_GPU=1) and this pack (as `cad_pack`) for the toy-world scripts."""
+"""The toy world's device choice on top of pack_bootstrap: ComfyUI in CPU mode unless CAD_TOYWORLD_GPU=1,
+the pack loaded as `cad_pack` with its toy-world model module (train.py, benchmarks/efficacy.py)."""
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pack_bootstrap import import_pack as _import_pack  # noqa: E402
+from pack_bootstrap import import_pack as _import_pack  # scripts/ is on sys.path wherever toyworld is found
 
 
 def import_pack():

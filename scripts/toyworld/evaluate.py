@@ -1,6 +1,9 @@
 """Measuring concepts in the toy world through the pack's own code path (what the nodes call):
 CLIP Text Encode's encoding, KSampler's sampler, CAD Attribute's attribute_model, the mask nodes'
 select_components/protect, Apply CAD Mask's apply_mask.
+
+Importing this module loads neither ComfyUI nor the pack: load them first, e.g. with
+toyworld.comfy_env.import_pack() (the toy world's device choice) or pack_bootstrap.import_pack().
 """
 import os
 import sys
@@ -12,14 +15,15 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from toyworld.comfy_env import import_pack  # noqa: E402
 from toyworld.scorers import classify_colours, classify_shapes, load_shape_classifier  # noqa: E402
 from toyworld.world import COLOUR_NAMES, SHAPES, batch, caption  # noqa: E402
 
-pack = import_pack()
+if "cad_pack" not in sys.modules:
+    raise ImportError("toyworld.evaluate needs ComfyUI and the pack loaded first: call "
+                      "toyworld.comfy_env.import_pack() or pack_bootstrap.import_pack() before importing it")
 import comfy.sample  # noqa: E402
 
-from cad_pack.cad_core import Mask, protect, select_components, sum_attributions  # noqa: E402
+from cad_pack.cad_core import Mask, objective_named, protect, select_components, sum_attributions  # noqa: E402
 from cad_pack.nodes.bridge import apply_mask, attribute_model, original_weight  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
 
@@ -81,7 +85,7 @@ class ToyWorld:
         parts = []
         for i, (positive, base) in enumerate(pairs):
             concept = None
-            if objective == "concept_likelihood":
+            if objective_named(objective).takes_images:   # rendered pictures of the concept
                 concept = {"samples": concept_latents(shape, COLOUR_NAMES[i % 4] if contrast == "colour" else None,
                                                       samples, seed + i)}
             with torch.inference_mode():

@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from toyworld.comfy_env import import_pack  # noqa: E402  (puts ComfyUI on sys.path, CPU mode)
+from toyworld.comfy_env import import_pack  # noqa: E402  (train() calls it: ComfyUI on sys.path, CPU mode)
 from toyworld.world import COLOUR_NAMES, SHAPES, all_captions, batch, caption  # noqa: E402
 
 # Caption mix: mostly full captions; some partial ones so prompts like "a circle" or "a red" mean
