@@ -77,12 +77,17 @@ def sd15_test_checkpoint():
     return make_sd15_test_checkpoint(DEFAULT_PATH)
 
 
+def running_server(name, checkpoint):
+    """A real `main.py --cpu` server with the pack and `checkpoint` installed, in tests/.artifacts/<name>/ (emptied
+    first), logging to tests/.artifacts/comfy_<name>.log; a context manager."""
+    from comfy_server import ComfyServer, reset_dir
+    base = os.path.join(ARTIFACTS, name)
+    reset_dir(base)
+    return ComfyServer(base, checkpoint=checkpoint, log_path=os.path.join(ARTIFACTS, f"comfy_{name}.log"))
+
+
 @pytest.fixture(scope="session")
 def comfy_server(sd15_test_checkpoint):
     """A real `main.py --cpu` server with the pack and the test checkpoint installed."""
-    from comfy_server import ComfyServer, reset_dir
-    base = os.path.join(ARTIFACTS, "server")
-    reset_dir(base)
-    srv = ComfyServer(base, checkpoint=sd15_test_checkpoint, log_path=os.path.join(ARTIFACTS, "comfy_server.log"))
-    with srv:
+    with running_server("server", sd15_test_checkpoint) as srv:
         yield srv

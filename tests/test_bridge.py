@@ -11,7 +11,7 @@ from cad_pack.nodes.bridge import apply_mask, attribute_model, fingerprint_of, p
 
 from family_models import loaded_weight
 from family_models import plain_autograd_alpha as family_plain_autograd_alpha
-from tiny_models import conditioning, empty_latent, tiny_sd15
+from tiny_models import assert_untouched, conditioning, empty_latent, tiny_sd15
 from tiny_models import sample as sample_tiny
 
 POS, BASE = conditioning(1), conditioning(2)
@@ -54,12 +54,7 @@ def test_attribution_leaves_no_trace_on_the_model():
     mp = tiny_sd15(seed=4)
     before = {k: v.clone() for k, v in mp.model.state_dict().items()}
     node_path(mp, "concept_gap", scope="ff+attention")
-    modules = list(mp.model.diffusion_model.modules())
-    assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", []) for m in modules)
-    assert all(not p.requires_grad and p.grad is None for p in mp.model.parameters())
-    assert mp.patches == {} and mp.weight_wrapper_patches == {}
-    after = mp.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_untouched(mp, before)
 
 
 def sample(mp, seed=11):

@@ -13,7 +13,7 @@ import comfy.model_patcher
 from cad_pack.cad_core import CADError, GradientAccumulator
 from cad_pack.nodes.bridge import GradProbe, attribute_model
 
-from tiny_models import conditioning, empty_latent, tiny_sd15
+from tiny_models import assert_untouched, conditioning, empty_latent, tiny_sd15
 from tiny_models import sample as sample_tiny
 
 POS, BASE = conditioning(1), conditioning(2)
@@ -46,12 +46,7 @@ def alive(cls):
 
 
 def assert_clean(mp, weights_before, image_before):
-    modules = list(mp.model.diffusion_model.modules())
-    assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", []) for m in modules)
-    assert all(not p.requires_grad and p.grad is None for p in mp.model.parameters())
-    assert mp.patches == {} and mp.weight_wrapper_patches == {}
-    after = mp.model.state_dict()
-    assert all(torch.equal(weights_before[k], after[k]) for k in weights_before)
+    assert_untouched(mp, weights_before)
     # ComfyUI's loaded-model list holds the user's patcher for this model, never a leftover gradient clone.
     assert all(lm.model is None or lm.model is mp or lm.model.model is not mp.model for lm in mm.current_loaded_models)
     assert torch.equal(sample(mp), image_before)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import running_server
 from robustness_graphs import (ARTIFACTS, attribute_graph, attribute_node, image_pixels, sample_graph,
                                server_rss)
 
@@ -29,11 +30,7 @@ SCOPE = "all_linear"
 
 @pytest.fixture(scope="module")
 def server(sd15_test_checkpoint):
-    from comfy_server import ComfyServer, reset_dir
-    base = os.path.join(ARTIFACTS, "server_faults")
-    reset_dir(base)
-    srv = ComfyServer(base, checkpoint=sd15_test_checkpoint, log_path=os.path.join(ARTIFACTS, "comfy_server_faults.log"))
-    with srv:
+    with running_server("server_faults", sd15_test_checkpoint) as srv:
         yield srv
 
 

@@ -32,6 +32,17 @@ def tiny_sd15(seed=0, v_prediction=False, inference=True, scale=0.05):
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
+def assert_untouched(mp, weights_before):
+    """After CAD ran: no weight wrapper left on the shared modules, no requires_grad or .grad, no patch, and the
+    weights bit-identical to `weights_before` (a state_dict copy taken before)."""
+    modules = list(mp.model.diffusion_model.modules())
+    assert all(not getattr(m, "weight_function", []) and not getattr(m, "bias_function", []) for m in modules)
+    assert all(not p.requires_grad and p.grad is None for p in mp.model.parameters())
+    assert mp.patches == {} and mp.weight_wrapper_patches == {}
+    after = mp.model.state_dict()
+    assert all(torch.equal(weights_before[k], after[k]) for k in weights_before)
+
+
 def conditioning(seed, tokens=77, dim=64):
     g = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
