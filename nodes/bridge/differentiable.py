@@ -1,7 +1,6 @@
 """Making a ComfyUI model differentiable: which model CAD differentiates (a non-dynamic reload under Dynamic
-VRAM), ComfyUI kernels that need its training switch for a backward, and parameters no weight wrapper reaches.
-
-Parameters that ComfyUI's weight wrappers never see, made safe for autograd during attribution.
+VRAM: differentiable_source), ComfyUI kernels that need its training switch for a backward
+(kernels_with_backward), and the parameters no weight wrapper reaches (ordinary_copies_of_plain_parameters).
 
 Weight wrappers (probes and copy-forcing identities) only exist on comfy ops (`CastWeightBiasOp`:
 Linear, Conv, GroupNorm, LayerNorm, ...). DiT families also hold parameters in plain modules: the
@@ -23,6 +22,7 @@ import torch
 
 import comfy.model_management
 import comfy.ops
+
 
 @contextlib.contextmanager
 def kernels_with_backward():
