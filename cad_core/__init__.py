@@ -13,7 +13,7 @@ from .block_map import block_map
 from .blocks import block_of, short_block_name
 from .errors import CADError, CADFileError
 from .families import FAMILIES, ModelFamily, detect_family
-from .fingerprint import model_fingerprint, require_same_model
+from .fingerprint import ModelFingerprints, model_fingerprint, require_same_model
 from .mask import Mask, protect, scale_selected, union
 from .noise import FlowMatching, VarianceExploding
 from .objectives import OBJECTIVES, Objective, objective_named

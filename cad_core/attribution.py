@@ -213,7 +213,7 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
               noise_shape: Sequence[int] | None = None, make_noise: Callable | None = None,
               images: torch.Tensor | None = None, loss_scale: float = 1.0,
               on_progress: Callable[[int, int], None] | None = None, fingerprint: str = "",
-              meta: dict | None = None) -> Attribution:
+              meta: dict | None = None, refuse_all_zero: bool = True) -> Attribution:
     """Score every scoped weight for a concept: alpha = w * dJ/dw, summed over the visited timesteps.
 
     model: a torch module whose parameters named in `scope` are scored, or a GradientCapture.
@@ -224,6 +224,8 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
     objective: a name in cad_core.OBJECTIVES. With one that takes_images, `images` are clean concept latents
         (one per sample, reused round-robin); without them the model's own guided samples stand in.
     Noise: make_noise(sample, restart) -> a noise latent, or noise_shape and seed for seeded normal noise.
+    refuse_all_zero: an attribution whose every score is 0 is an error (check_not_all_zero); callers that join
+        several partial runs check the joined result instead.
     """
     record = objective_named(objective)
     if samples < 1:
@@ -262,7 +264,21 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
             "scope": ", ".join(capture.shapes), "pack_version": PACK_VERSION, **(meta or {})}
     result = Attribution(scores, fingerprint, info, counts.points)
     result.check_usable()
+    if refuse_all_zero:
+        check_not_all_zero(result)
     return result
+
+
+def check_not_all_zero(attribution: Attribution) -> None:
+    """Every score exactly 0 means J never depended on the scoped weights: no mask could be chosen from it."""
+    if all(not bool(s.any()) for s in attribution.scores.values()):
+        raise CADError(
+            f"Every score of this attribution is exactly 0 ({attribution.total_weights:,} weights): the objective "
+            f"did not depend on these weights at any visited step, so no erase or amplify mask can be chosen from "
+            f"it. Common causes: 'positive' and 'base' are the same prompt (the concept gap is then 0); a flow model "
+            f"(SD3, Flux) attributed with steps=1 (at the first noise level its predicted noise does not depend on "
+            f"the weights: use steps >= 2); a scope of weights the prompts never reach. Change that and run CAD "
+            f"Attribute again.")
 
 
 def seeded_noise(shape: Sequence[int], seed: int) -> Callable[[int, int], torch.Tensor]:

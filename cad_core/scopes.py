@@ -6,7 +6,7 @@ later step a silent no-op.
 """
 import re
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import CADError
 from .families import detect_family, supported_families
@@ -14,8 +14,13 @@ from .families import detect_family, supported_families
 SCOPE_PRESETS = ("ff", "attention", "ff+attention", "all_linear", "regex")
 
 
-def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: str, regex: str = "") -> list[str]:
-    """Return the keys (in model order) that `scope` selects, or raise CADError saying why none."""
+def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: str, regex: str = "",
+                  matcher: Callable[[str], Callable[[Sequence[str]], list[str]]] | None = None) -> list[str]:
+    """Return the keys (in model order) that `scope` selects, or raise CADError saying why none.
+
+    matcher(pattern) -> select(keys): how scope 'regex' is matched. The default is Python's `re`, fine for a
+    pattern you wrote yourself; the ComfyUI nodes pass a time-bounded one (a pattern from a shared workflow
+    must not be able to hang the server)."""
     if scope not in SCOPE_PRESETS:
         raise CADError(f"Unknown scope '{scope}'. Expected one of: {', '.join(SCOPE_PRESETS)}.")
     keys = [k for k, _ in named_shapes]
@@ -24,11 +29,7 @@ def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: st
     if scope == "regex":
         if not regex.strip():
             raise CADError("Scope 'regex' needs a pattern in scope_regex, e.g. '\\.attn2\\.to_k\\.weight$'.")
-        try:
-            pattern = re.compile(regex)
-        except re.error as e:
-            raise CADError(f"scope_regex '{regex}' is not a valid regular expression: {e}.") from None
-        chosen = [k for k in keys if pattern.search(k)]
+        chosen = (matcher or python_re_matcher)(regex)(keys)
     elif scope == "all_linear":
         chosen = [k for k in keys if k.endswith(".weight") and len(shapes[k]) == 2]
     else:
@@ -52,6 +53,14 @@ def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: st
             f"Scope '{scope}'{detail} matched no weights in this model, so there is nothing to attribute.{hint} "
             f"The model has {len(keys)} parameters: {_describe_keys(keys)}")
     return chosen
+
+
+def python_re_matcher(regex: str) -> Callable[[Sequence[str]], list[str]]:
+    try:
+        pattern = re.compile(regex)
+    except re.error as e:
+        raise CADError(f"scope_regex '{regex}' is not a valid regular expression: {e}.") from None
+    return lambda keys: [k for k in keys if pattern.search(k)]
 
 
 def _describe_keys(keys: Sequence[str], examples: int = 6) -> str:

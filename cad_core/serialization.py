@@ -4,9 +4,11 @@ Layout: one tensor per weight key (fp32 scores, or int32 flat indices for masks)
 metadata `cad.kind`, `cad.format_version`, `cad.fingerprint`, `cad.pack_version`, `cad.meta` (JSON),
 and for masks `cad.shapes` (JSON {key: shape}).
 """
+import contextlib
 import json
 import math
 import os
+import tempfile
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -14,7 +16,7 @@ from safetensors.torch import save_file
 
 from .attribution import Attribution
 from .errors import CADError, CADFileError
-from .fingerprint import require_same_model
+from .fingerprint import ModelFingerprints, require_same_model
 from .mask import Mask
 from .version import FORMAT_VERSION, PACK_VERSION
 
@@ -33,7 +35,7 @@ def save_mask(mask: Mask, path: str) -> str:
     return _write(path, tensors, meta)
 
 
-def load_attribution(path: str, expected_fingerprint: str | None = None) -> Attribution:
+def load_attribution(path: str, expected_fingerprint: "str | ModelFingerprints | None" = None) -> Attribution:
     tensors, meta = _read(path, "attribution", expected_fingerprint)
     for k, t in tensors.items():
         if not t.is_floating_point():
@@ -46,7 +48,7 @@ def load_attribution(path: str, expected_fingerprint: str | None = None) -> Attr
     return attribution
 
 
-def load_mask(path: str, expected_fingerprint: str | None = None) -> Mask:
+def load_mask(path: str, expected_fingerprint: "str | ModelFingerprints | None" = None) -> Mask:
     tensors, meta = _read(path, "mask", expected_fingerprint)
     try:
         shapes = _shapes(_strict_json(meta["raw"]["cad.shapes"]))
@@ -120,8 +122,22 @@ def _shapes(value) -> dict:
 
 
 def _write(path: str, tensors: dict, metadata: dict) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata=metadata)
+    """Never replaces a file: the name is taken by exclusive creation (FileExistsError if it exists), and the
+    data goes to a temporary file next to it that is then moved onto the name, so an interrupted save leaves no
+    half-written file under it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=".cad-", suffix=".partial")
+    os.close(handle)
+    try:
+        save_file(tensors, partial, metadata=metadata)
+        os.replace(partial, path)
+    except BaseException:
+        for leftover in (partial, path):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+        raise
     return path
 
 
@@ -151,7 +167,7 @@ def _header(path: str) -> dict:
     return raw
 
 
-def _read(path: str, kind: str, expected_fingerprint: str | None):
+def _read(path: str, kind: str, expected_fingerprint):
     raw = _header(path)
     if raw["cad.kind"] != kind:
         raise CADFileError(f"{_name(path)} is a CAD {raw['cad.kind']} file, but a CAD {kind} was expected here. "

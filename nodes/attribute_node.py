@@ -5,8 +5,9 @@ from comfy_api.latest import io
 from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
 from ..cad_core.objectives import objectives_help
 from .cad_types import CadAttribution
-from .bridge import attribute_with_budget
+from .bridge import attribute_with_budget, check_scope_regex
 from .validation import check_choices, check_numbers
+from .ui_text import bounded
 
 
 class CADAttribute(io.ComfyNode):
@@ -61,10 +62,13 @@ class CADAttribute(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, objective, scope, schedule, guidance=None):
-        problem = check_choices(objective=(objective, OBJECTIVES), scope=(scope, SCOPE_PRESETS),
-                                schedule=(schedule, SCHEDULES))
-        return problem if problem is not True else check_numbers(cls, guidance=guidance)
+    def validate_inputs(cls, objective, scope, schedule, guidance=None, scope_regex=None):
+        for problem in (check_choices(objective=(objective, OBJECTIVES), scope=(scope, SCOPE_PRESETS),
+                                      schedule=(schedule, SCHEDULES)),
+                        check_numbers(cls, guidance=guidance), check_scope_regex(scope_regex)):
+            if problem is not True:
+                return problem
+        return True
 
     @classmethod
     def execute(cls, model, positive, base, latent, objective, steps, guidance, seed, samples, scope, schedule,
@@ -75,5 +79,5 @@ class CADAttribute(io.ComfyNode):
             samples=samples, scope=scope, scope_regex=scope_regex or "", schedule=schedule,
             concept_latent=concept_latent, memory_budget_mb=memory_budget_mb or 0,
             on_progress=lambda done, total: progress.update_absolute(done, total))
-        return io.NodeOutput(attribution, ui={"cad_summary": [attribution.summary()],
-                                              "text": [attribution.summary_text()]})
+        return io.NodeOutput(attribution, ui=bounded({"cad_summary": [attribution.summary()],
+                                                      "text": [attribution.summary_text()]}))

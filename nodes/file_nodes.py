@@ -6,8 +6,9 @@ from comfy_api.latest import io
 
 from ..cad_core import CADError, load_attribution, load_mask, save_attribution, save_mask
 from .cad_types import CadAttribution, CadMask
-from .bridge import fingerprint_of
+from .bridge import model_fingerprints
 from .validation import check_choices
+from .ui_text import bounded
 
 FOLDER = "cad"
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
@@ -17,18 +18,43 @@ def cad_files() -> list[str]:
     return [f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(".safetensors")]
 
 
-def save_path(filename_prefix: str) -> str:
-    """A new numbered file for the prefix inside models/cad; prefixes that escape the folder are refused."""
+def prefix_problem(filename_prefix) -> str | None:
+    """Why a filename_prefix cannot name a file in models/cad/, or None."""
+    if not isinstance(filename_prefix, str):
+        return f"filename_prefix must be text, got {type(filename_prefix).__name__}."
+    shown = repr(filename_prefix if len(filename_prefix) <= 80 else filename_prefix[:80] + "…")
+    bad = sorted({f"U+{ord(c):04X}" for c in filename_prefix if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return (f"filename_prefix {shown} contains control characters ({', '.join(bad[:5])}), which no file name "
+                f"may hold. Use letters, digits, '_', '-' and '/' for subfolders, e.g. 'cad/cat_erase'.")
+    parts = filename_prefix.replace("\\", "/").split("/")
+    if os.path.isabs(filename_prefix) or ".." in parts:
+        return (f"filename_prefix {shown} must be a relative name inside models/{FOLDER}/ (no absolute paths, "
+                f"no '..'), e.g. 'cad/cat_erase'.")
+    if not parts[-1].strip(". "):
+        return (f"filename_prefix {shown} has no file name (it is empty or only dots), so the file would be hidden "
+                f"or nameless. Give it a name, e.g. 'cad/cat_erase'.")
+    return None
+
+
+def save_new_file(filename_prefix: str, write) -> str:
+    """write(path) into a new numbered file for the prefix inside models/cad, never over an existing one: the
+    counter moves on while a name is taken (cad_core's writers create files exclusively)."""
+    problem = prefix_problem(filename_prefix)
+    if problem:
+        raise CADError(problem)
     root = os.path.abspath(folder_paths.get_folder_paths(FOLDER)[0])
-    if os.path.isabs(filename_prefix) or ".." in filename_prefix.replace("\\", "/").split("/"):
-        raise CADError(f"filename_prefix '{filename_prefix}' must be a relative name inside models/{FOLDER}/ "
-                       f"(no absolute paths, no '..'), e.g. 'cad/cat_erase'.")
     try:
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
     except Exception as e:  # ComfyUI raises a bare Exception for paths outside the folder
         raise CADError(f"Cannot save with filename_prefix '{filename_prefix}': {e}") from None
     os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+    for number in range(counter, counter + 100_000):
+        try:
+            return write(os.path.join(folder, f"{name}_{number:05}_.safetensors"))
+        except FileExistsError:
+            continue
+    raise CADError(f"models/{FOLDER}/ already holds 100,000 files named '{name}_NNNNN_': choose another prefix.")
 
 
 def _saved_ui(path):
@@ -63,6 +89,11 @@ def _resolve(file):
     return path
 
 
+def _prefix_valid(filename_prefix):
+    """validate_inputs of the Save nodes (a linked prefix arrives as None and is checked when the node runs)."""
+    return True if filename_prefix is None else (prefix_problem(filename_prefix) or True)
+
+
 def _file_listed(file):
     return check_choices(file=(file, cad_files()))
 
@@ -81,8 +112,12 @@ class CADSaveAttribution(io.ComfyNode):
                              _prefix_input("cad/attribution")], [], is_output_node=True)
 
     @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        return _prefix_valid(filename_prefix)
+
+    @classmethod
     def execute(cls, attribution, filename_prefix) -> io.NodeOutput:
-        return io.NodeOutput(ui=_saved_ui(save_attribution(attribution, save_path(filename_prefix))))
+        return io.NodeOutput(ui=bounded(_saved_ui(save_new_file(filename_prefix, lambda p: save_attribution(attribution, p)))))
 
 
 class CADSaveMask(io.ComfyNode):
@@ -93,8 +128,12 @@ class CADSaveMask(io.ComfyNode):
                             [], is_output_node=True)
 
     @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        return _prefix_valid(filename_prefix)
+
+    @classmethod
     def execute(cls, mask, filename_prefix) -> io.NodeOutput:
-        return io.NodeOutput(ui=_saved_ui(save_mask(mask, save_path(filename_prefix))))
+        return io.NodeOutput(ui=bounded(_saved_ui(save_new_file(filename_prefix, lambda p: save_mask(mask, p)))))
 
 
 class _LoadCADFile(io.ComfyNode):
@@ -113,9 +152,9 @@ class _LoadCADFile(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, model=None) -> io.NodeOutput:
-        expected = fingerprint_of(model) if model is not None else None
+        expected = model_fingerprints(model) if model is not None else None
         loaded = cls.LOAD(_resolve(file), expected)
-        return io.NodeOutput(loaded, ui={cls.UI_KEY: [loaded.summary()], "text": [loaded.summary_text()]})
+        return io.NodeOutput(loaded, ui=bounded({cls.UI_KEY: [loaded.summary()], "text": [loaded.summary_text()]}))
 
 
 class CADLoadAttribution(_LoadCADFile):

@@ -4,6 +4,7 @@ from comfy_api.latest import io, ui
 from ..cad_core import block_map
 from .cad_types import CadAttribution, CadMask
 from .map_render import image_tensor, render_block_map
+from .ui_text import bounded
 from .validation import check_numbers, require_numbers
 
 
@@ -37,7 +38,7 @@ class CADAttributionMap(io.ComfyNode):
     def execute(cls, attribution, width, height, mask=None) -> io.NodeOutput:
         require_numbers(cls, width=width, height=height)
         attribution.check_usable()
-        per_block = block_map(attribution, mask)
+        per_block = bounded(block_map(attribution, mask))   # its title fields come from the file
         image = image_tensor(render_block_map(per_block, width, height))
         preview = ui.PreviewImage(image, cls=cls).as_dict()
         # no text summary: the picture and the on-node chart already show every number

@@ -5,6 +5,7 @@ from ..cad_core import GRANULARITIES, select_components, union
 from ..cad_core import protect as keep_protected
 from .cad_types import CadAttribution, CadMask
 from .validation import check_choices, check_numbers
+from .ui_text import bounded
 
 _GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries (the reference's default; rows "
                     "narrower than 1/ratio select nothing). per_matrix: int(ratio * size) per weight matrix. "
@@ -48,7 +49,7 @@ class CADEraseMask(io.ComfyNode):
         if protect is not None:
             mask = keep_protected(mask, protect)
         mask.check_nonempty()
-        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()], "text": [mask.summary_text()]})
+        return io.NodeOutput(mask, ui=bounded({"cad_mask": [mask.summary()], "text": [mask.summary_text()]}))
 
 
 class CADAmplifyMask(CADEraseMask):
@@ -76,4 +77,4 @@ class CADCombineMasks(io.ComfyNode):
     @classmethod
     def execute(cls, mask_a, mask_b) -> io.NodeOutput:
         mask = union([mask_a, mask_b])
-        return io.NodeOutput(mask, ui={"cad_mask": [mask.summary()], "text": [mask.summary_text()]})
+        return io.NodeOutput(mask, ui=bounded({"cad_mask": [mask.summary()], "text": [mask.summary_text()]}))

@@ -3,6 +3,7 @@ from comfy_api.latest import io
 
 from ..cad_core import sum_attributions
 from .cad_types import CadAttribution
+from .ui_text import bounded
 
 
 class CADSumAttributions(io.ComfyNode):
@@ -22,4 +23,4 @@ class CADSumAttributions(io.ComfyNode):
     @classmethod
     def execute(cls, attribution_a, attribution_b) -> io.NodeOutput:
         total = sum_attributions([attribution_a, attribution_b])
-        return io.NodeOutput(total, ui={"cad_summary": [total.summary()], "text": [total.summary_text()]})
+        return io.NodeOutput(total, ui=bounded({"cad_summary": [total.summary()], "text": [total.summary_text()]}))

@@ -37,6 +37,6 @@ def require_numbers(node_cls, **values) -> None:
 def check_choices(**named) -> bool | str:
     """named: input name -> (value, allowed options). True, or the text of the first problem."""
     for name, (value, options) in named.items():
-        if value is not None and value not in options:
+        if value is not None and not any(value == option for option in options):   # value may be any JSON value
             return f"{name} '{value}' is not one of: {', '.join(map(str, options))}."
     return True

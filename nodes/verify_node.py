@@ -4,6 +4,7 @@ from comfy_api.latest import io
 from .cad_types import CadAttribution, CadMask
 from .bridge import verify_on
 from .validation import check_numbers, require_numbers
+from .ui_text import bounded
 
 
 class CADVerify(io.ComfyNode):
@@ -37,4 +38,4 @@ class CADVerify(io.ComfyNode):
         report = (f"Ablating {check.selected:,} weights (strength {strength}): J {check.objective_before:.6g} -> "
                   f"{check.objective_after:.6g}; measured change {check.measured_change:.6g}, "
                   f"predicted {check.predicted_change:.6g}.")
-        return io.NodeOutput(report, ui={"cad_verify": [check.as_dict()], "text": [report]})
+        return io.NodeOutput(report, ui=bounded({"cad_verify": [check.as_dict()], "text": [report]}))

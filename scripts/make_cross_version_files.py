@@ -1,4 +1,4 @@
-"""Write tests/data/flux_comfyui_0.3.75_{attribution,mask}.safetensors: what a user of ComfyUI 0.3.75 saved
+"""Write tests/data/flux_comfyui_0.3.75_v2_{attribution,mask}.safetensors: what a user of ComfyUI 0.3.75 saved
 for a Flux checkpoint (here the reduced random Flux of tests/family_models.py), to be loaded by the test suite
 under every newer ComfyUI the pack supports (tests/test_comfyui_versions.py).
 
@@ -23,9 +23,12 @@ def main():
                          f"Run with COMFYUI_PATH=.comfyui/ComfyUI .venv/bin/python.")
     os.makedirs(X.DATA, exist_ok=True)
     attribution = X.attribute_flux(X.flux_model())
-    save_attribution(attribution, X.FILES_FROM_0_3_75["attribution"])
-    save_mask(X.erase_mask(attribution), X.FILES_FROM_0_3_75["mask"])
-    for path in X.FILES_FROM_0_3_75.values():
+    for path in X.V2_FILES_FROM_0_3_75.values():   # saves never replace a file
+        if os.path.exists(path):
+            os.remove(path)
+    save_attribution(attribution, X.V2_FILES_FROM_0_3_75["attribution"])
+    save_mask(X.erase_mask(attribution), X.V2_FILES_FROM_0_3_75["mask"])
+    for path in X.V2_FILES_FROM_0_3_75.values():
         print(f"{os.path.relpath(path, REPO)}: {os.path.getsize(path):,} bytes, fingerprint {attribution.fingerprint}")
 
 

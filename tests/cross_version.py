@@ -1,7 +1,9 @@
 """Which ComfyUI the tests run against, and the files a ComfyUI 0.3.75 user carries to a newer ComfyUI.
 
-tests/data/flux_comfyui_0.3.75_{attribution,mask}.safetensors were written by
-scripts/make_cross_version_files.py under ComfyUI 0.3.75 for the reduced Flux model `build("flux", seed=0)`;
+For the reduced Flux model `build("flux", seed=0)`, written under ComfyUI 0.3.75 by
+scripts/make_cross_version_files.py: tests/data/flux_comfyui_0.3.75_{attribution,mask}.safetensors by pack
+0.4.0 (fingerprints of the v1 kind; that script's version of that time), and
+tests/data/flux_comfyui_0.3.75_v2_{attribution,mask}.safetensors by pack 0.5.0 (v2 fingerprints).
 tests/test_comfyui_versions.py loads them under whichever ComfyUI the suite runs on.
 """
 import os
@@ -18,6 +20,8 @@ COMFYUI_VERSION = tuple(int(p) for p in comfyui_version.__version__.split(".")[:
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 FILES_FROM_0_3_75 = {kind: os.path.join(DATA, f"flux_comfyui_0.3.75_{kind}.safetensors")
                      for kind in ("attribution", "mask")}
+V2_FILES_FROM_0_3_75 = {kind: os.path.join(DATA, f"flux_comfyui_0.3.75_v2_{kind}.safetensors")
+                        for kind in ("attribution", "mask")}
 FLUX_SEED = 0
 # one single-stream matrix: a small file (~80 KB), enough to compare scores across versions
 SCOPE_REGEX = r"single_blocks\.1\.linear2\.weight$"

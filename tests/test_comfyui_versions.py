@@ -12,7 +12,8 @@ import comfy.sd
 import nodes as comfy_nodes
 from cad_pack.cad_core import CADError, Mask, load_attribution, load_mask, resolve_scope
 from cad_pack.nodes.bridge import attribute_with_budget, needs_pooled_output
-from cad_pack.nodes.bridge import apply_mask, attribute_model, fingerprint_of, parameterization_of
+from cad_pack.nodes.bridge import (apply_mask, attribute_model, fingerprint_of, model_fingerprints,
+                                   parameterization_of)
 from cad_pack.cad_core.noise import FlowMatching, VarianceExploding
 
 import cross_version as X
@@ -31,11 +32,17 @@ def test_flux_norm_names_are_this_comfyuis():
     assert names and all(n.endswith(".weight" if NEWER_THAN_0_3 else ".scale") for n in names), names
 
 
-def test_files_saved_under_0_3_75_load_for_the_same_flux_checkpoint():
+@pytest.mark.parametrize("files", ["v1", "v2"])
+def test_files_saved_under_0_3_75_load_for_the_same_flux_checkpoint(files):
+    """v1: written by pack 0.4.0 (its fingerprints sample 8 tensors); v2: by pack 0.5.0 (every tensor)."""
+    paths = X.FILES_FROM_0_3_75 if files == "v1" else X.V2_FILES_FROM_0_3_75
     mp = X.flux_model()
-    assert fingerprint_of(mp) == load_attribution(X.FILES_FROM_0_3_75["attribution"]).fingerprint
-    saved = load_attribution(X.FILES_FROM_0_3_75["attribution"], expected_fingerprint=fingerprint_of(mp))
-    mask = load_mask(X.FILES_FROM_0_3_75["mask"], expected_fingerprint=fingerprint_of(mp))
+    stored = load_attribution(paths["attribution"]).fingerprint
+    assert model_fingerprints(mp).matching(stored) == stored           # this ComfyUI computes the same identity
+    if files == "v2":
+        assert fingerprint_of(mp) == stored
+    saved = load_attribution(paths["attribution"], expected_fingerprint=model_fingerprints(mp))
+    mask = load_mask(paths["mask"], expected_fingerprint=model_fingerprints(mp))
     # the same attribution computed again on this ComfyUI agrees with the one made on 0.3.75 (to float rounding:
     # 0.33 computes attention and the rotary embedding with other kernels; measured 3e-4 of the largest score)
     again = X.attribute_flux(mp)
@@ -50,12 +57,14 @@ def test_files_saved_under_0_3_75_load_for_the_same_flux_checkpoint():
     assert mask.indices[key].numel() > 0 and torch.all(erased.reshape(-1)[mask.indices[key]] == 0)
 
 
-def test_files_saved_under_0_3_75_are_refused_for_another_flux_checkpoint():
+@pytest.mark.parametrize("files", ["v1", "v2"])
+def test_files_saved_under_0_3_75_are_refused_for_another_flux_checkpoint(files):
+    paths = X.FILES_FROM_0_3_75 if files == "v1" else X.V2_FILES_FROM_0_3_75
     other = X.flux_model(seed=X.FLUX_SEED + 1)
     with pytest.raises(CADError, match="another model"):
-        load_mask(X.FILES_FROM_0_3_75["mask"], expected_fingerprint=fingerprint_of(other))
+        load_mask(paths["mask"], expected_fingerprint=model_fingerprints(other))
     with pytest.raises(CADError, match="made for another model"):
-        apply_mask(other, load_mask(X.FILES_FROM_0_3_75["mask"]), 1.0)
+        apply_mask(other, load_mask(paths["mask"]), 1.0)
 
 
 # --- Flux.encode_adm no longer requires pooled_output ------------------------------------------------------------

@@ -98,6 +98,14 @@ def valid_attribution(fingerprint):
     return Attribution({KEY: scores}, fingerprint, {"objective": "concept_gap", "scope": "ff"})
 
 
+def put(save, obj, folder, name):
+    """The test's own copy of a file in the server's folder (saves never replace a file, so an earlier copy goes)."""
+    path = os.path.join(folder, name)
+    if os.path.exists(path):
+        os.remove(path)
+    return save(obj, path)
+
+
 def file_bytes(save, obj):
     with tempfile.TemporaryDirectory() as d:
         path = save(obj, os.path.join(d, "f.safetensors"))
@@ -175,8 +183,8 @@ def test_bad_files_are_refused_with_clear_messages(comfy_server):
     for name, (data, _, _, _) in cases.items():
         with open(os.path.join(cad_dir(comfy_server), f"bad_{name}.safetensors"), "wb") as f:
             f.write(data)
-    save_mask(valid_mask(fingerprint), os.path.join(cad_dir(comfy_server), "good_mask.safetensors"))
-    save_attribution(valid_attribution(fingerprint), os.path.join(cad_dir(comfy_server), "good_attribution.safetensors"))
+    put(save_mask, valid_mask(fingerprint), cad_dir(comfy_server), "good_mask.safetensors")
+    put(save_attribution, valid_attribution(fingerprint), cad_dir(comfy_server), "good_attribution.safetensors")
 
     observed = {}
     for name, (_, loader, with_model, phrase) in cases.items():
@@ -213,9 +221,9 @@ def test_save_refuses_prefixes_that_leave_the_cad_folder(comfy_server, what):
     source = f"good_{what}.safetensors"
     fingerprint = server_model_fingerprint(comfy_server)
     if what == "mask":
-        save_mask(valid_mask(fingerprint), os.path.join(folder, source))
+        put(save_mask, valid_mask(fingerprint), folder, source)
     else:
-        save_attribution(valid_attribution(fingerprint), os.path.join(folder, source))
+        put(save_attribution, valid_attribution(fingerprint), folder, source)
     absolute = os.path.join(tempfile.gettempdir(), f"cad_escape_{uuid.uuid4().hex}")
     before = outside_allowed(comfy_server)
     cad_before = set(os.listdir(folder))
@@ -223,10 +231,14 @@ def test_save_refuses_prefixes_that_leave_the_cad_folder(comfy_server, what):
         loader, saver = ("CADLoadMask", "CADSaveMask") if what == "mask" else ("CADLoadAttribution", "CADSaveAttribution")
         graph = {"L": {"class_type": loader, "inputs": {"file": source}},
                  "S": {"class_type": saver, "inputs": {what: ["L", 0], "filename_prefix": prefix}}}
-        result = comfy_server.run(graph, timeout=300)
-        assert result["status"] == "error", (prefix, result["status"])
-        assert result["error"]["node_id"] == "S"
-        message = result["error"]["exception_message"]
+        status, body = comfy_server.post_prompt(graph)     # refused when queued (the prefix is a widget) ...
+        if status == 200:                                    # ... or, had it passed, when the node runs
+            entry = comfy_server.wait(body["prompt_id"], timeout=300)
+            assert entry["status"]["status_str"] == "error", (prefix, entry["status"])
+            message = dict(entry["status"]["messages"])["execution_error"]["exception_message"]
+        else:
+            assert status == 400 and list(body["node_errors"]) == ["S"], (prefix, body)
+            message = json.dumps(body["node_errors"]["S"])
         assert "must be a relative name inside models/cad" in message or "Cannot save" in message, (prefix, message)
     assert not os.path.exists(absolute)
     assert set(os.listdir(folder)) == cad_before

@@ -1,6 +1,7 @@
 """The CAD nodes inside ComfyUI's real server: the full erase workflow over HTTP + websocket, and a
 clear error (validation or execution) for each kind of bad input."""
 import io
+import json
 import math
 import os
 
@@ -190,7 +191,9 @@ def test_save_refuses_paths_outside_the_cad_folder(comfy_server):
     graph = {k: graph[k] for k in ("1", "2", "3", "4", "5")}
     graph["11"] = {"class_type": "CADSaveAttribution", "inputs": {"attribution": ["5", 0],
                                                                   "filename_prefix": "../../escape"}}
-    expect_execution_error(comfy_server, graph, "11", "must be a relative name inside models/cad")
+    status, body = comfy_server.post_prompt(graph)          # refused when queued, before anything runs
+    assert status == 400 and list(body["node_errors"]) == ["11"], body
+    assert "must be a relative name inside models/cad" in json.dumps(body["node_errors"]["11"])
     assert not os.path.exists(os.path.join(comfy_server.base_dir, "escape_00001_.safetensors"))
 
 

@@ -87,4 +87,5 @@ CONCEPT_GAP = Objective(
     purpose="erasing",
     formula="`J = Σ_t ‖ε(x_t, c) − sg[ε(x_t, c_base)]‖²` along the model's own guided trajectory for the concept",
     effect="Ablating positive components shrinks the gap, so guidance can no longer steer toward the concept.",
-    visit=visit, measure=measure, units_of_work=units_of_work, holds_base=True, takes_images=False)
+    visit=visit, measure=measure, units_of_work=units_of_work, holds_base=True, takes_images=False,
+    contrasts_base=True)

@@ -52,4 +52,5 @@ CONCEPT_LIKELIHOOD = Objective(
     formula="`J = −Σ_t ‖ε − ε̂(√ᾱ x₀ + √(1−ᾱ) ε, c, t)‖²` over images of the concept: `concept_latent` "
             "(VAE-encoded) or, without it, the model's own samples for the concept",
     effect="Ablating the most negative components raises it.",
-    visit=visit, measure=measure, units_of_work=units_of_work, holds_base=False, takes_images=True)
+    visit=visit, measure=measure, units_of_work=units_of_work, holds_base=False, takes_images=True,
+    contrasts_base=False)

@@ -25,3 +25,5 @@ class Objective:
     holds_base: bool
     # J is measured on concept images (concept_latent); without them the model's own samples stand in
     takes_images: bool
+    # J compares the concept's prediction with the base's: identical concept and base conditionings make it 0
+    contrasts_base: bool

@@ -6,6 +6,7 @@ inputs, call these functions (and cad_core), and return.
     differentiable  which model CAD differentiates (a non-dynamic reload under Dynamic VRAM) and what makes
                     ComfyUI's forward passes safe for autograd
     attribution     CAD Attribute through ComfyUI's CFGGuider, in chunks under a memory budget
+    scope_regex     a workflow's scope_regex matched within a time bound
     masks           Apply CAD Mask: the weight adapter and the patched clone
     verification    CAD Verify: J re-measured at the visited latents, with a mask really applied
 
@@ -18,8 +19,9 @@ from .attribution import SCHEDULER, AttributionSampler, attribute_model, attribu
 from .differentiable import differentiable_source, is_dynamic, ordinary_copies_of_plain_parameters
 from .masks import CADMaskAdapter, apply_mask
 from .model_info import (PREFIX, check_conditioning, check_fingerprint, compute_dtype_of, fingerprint_of,
-                         needs_pooled_output, op_weight_shapes, original_weight, parameterization_of,
+                         model_fingerprints, needs_pooled_output, same_conditioning, op_weight_shapes, original_weight, parameterization_of,
                          patchable_weights, sampler_latent)
 from .probes import (CopyForBackward, GradProbe, ProbeCapture, install_missing_cad_wrappers,
                      probes_must_see_their_modules, remove_cad_wrappers)
+from .scope_regex import bounded_matcher, check_scope_regex
 from .verification import held_base_on, measure_on, verify_on

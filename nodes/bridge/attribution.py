@@ -6,14 +6,16 @@ import torch
 import comfy.model_management
 import comfy.samplers
 
-from ...cad_core import CADError, attribute, resolve_scope, seeded_noise
+from ...cad_core import CADError, attribute, objective_named, resolve_scope, seeded_noise
+from ...cad_core.attribution import check_not_all_zero
 from ...cad_core.budget import MB, join_chunks, plan_chunks, scope_bytes
 from ...cad_core.trajectory import loss_scale_for
 from .differentiable import differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters
 from .model_info import (check_conditioning, compute_dtype_of, fingerprint_of, parameterization_of,
-                         patchable_weights, sampler_latent)
+                         patchable_weights, same_conditioning, sampler_latent)
 from .probes import (ProbeCapture, cad_wrappers_lifted, install_missing_cad_wrappers, install_probes,
                      modules_with_cad_wrappers, probes_must_see_their_modules, remove_cad_wrappers)
+from .scope_regex import bounded_matcher
 
 SCHEDULER = "normal"
 
@@ -68,7 +70,8 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
                                    schedule=schedule, concept_latent=concept_latent, on_progress=on_progress,
                                    source=own_source, keys=keys)
     available = patchable_weights(model)
-    keys = resolve_scope(available, scope, scope_regex) if keys is None else list(keys)
+    whole_scope = keys is None    # a chunk's scores may all be 0; attribute_with_budget checks the joined ones
+    keys = resolve_scope(available, scope, scope_regex, bounded_matcher) if keys is None else list(keys)
     shapes = dict(available)
     fingerprint = fingerprint_of(model)
     latent_image = sampler_latent(model, latent)[:1]
@@ -96,7 +99,7 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
                 guidance=guidance, schedule=schedule, make_noise=lambda sample, restart: draw(sample, restart).to(noise),
                 samples=samples if given is None else max(samples, len(given)),  # every concept image counts
                 images=given, loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()),
-                on_progress=on_progress, fingerprint=fingerprint,
+                on_progress=on_progress, fingerprint=fingerprint, refuse_all_zero=whole_scope,
                 meta={"scope": scope, "scope_regex": scope_regex, "seed": seed,
                       "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
                       "latent_shape": list(latent_image.shape)})
@@ -127,7 +130,7 @@ def plan_passes(model, scope: str, scope_regex: str, memory_budget_mb: float) ->
     """The chunks (lists of weight keys, model order) one attribution of `scope` is split into."""
     available = patchable_weights(model)
     shapes = dict(available)
-    keys = resolve_scope(available, scope, scope_regex)
+    keys = resolve_scope(available, scope, scope_regex, bounded_matcher)
     return plan_chunks([(k, shapes[k]) for k in keys], (memory_budget_mb or 0) * MB)
 
 
@@ -139,6 +142,11 @@ def attribute_with_budget(model, positive, base, latent, *, memory_budget_mb=0, 
     if memory_budget_mb is None or memory_budget_mb < 0:
         raise CADError(f"memory_budget_mb must be 0 (no limit) or a positive number of MB, got {memory_budget_mb!r}.")
     check_conditioning(model, positive, base)
+    if objective_named(kwargs.get("objective", "concept_gap")).contrasts_base and same_conditioning(positive, base):
+        raise CADError(
+            f"'positive' and 'base' are the same conditioning, so {kwargs.get('objective')} compares the concept "
+            f"with itself: it is 0 at every step and every score would be 0. Connect the concept's prompt (e.g. 'a "
+            f"photo of a cat') to positive and what it is measured against (usually the empty prompt) to base.")
     kwargs = {"scope": "ff", **kwargs}  # the node's default scope
     scope, scope_regex = kwargs["scope"], kwargs.get("scope_regex", "") or ""
     chunks = plan_passes(model, scope, scope_regex, memory_budget_mb)
@@ -154,7 +162,9 @@ def attribute_with_budget(model, positive, base, latent, *, memory_budget_mb=0, 
                     on_progress(offset * total + done, passes * total)
             parts.append(attribute_model(model, positive, base, latent, on_progress=progress, source=source,
                                          keys=chunk, **kwargs))
-    return join_chunks(parts, {
+    joined = join_chunks(parts, {
         "scope": scope, "scope_regex": scope_regex, "memory_budget_mb": memory_budget_mb,
         "chunk_sizes": [len(c) for c in chunks],
         "peak_scope_mb": round(max(scope_bytes([shapes[k] for k in c]) for c in chunks) / MB, 3)})
+    check_not_all_zero(joined)
+    return joined

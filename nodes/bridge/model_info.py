@@ -9,7 +9,7 @@ import comfy.ops
 import comfy.sample
 import comfy.utils
 
-from ...cad_core import CADError, model_fingerprint, require_same_model
+from ...cad_core import CADError, ModelFingerprints, require_same_model
 from ...cad_core.noise import FlowMatching, VarianceExploding
 
 PREFIX = "diffusion_model."
@@ -38,15 +38,21 @@ def original_weight(model, key: str) -> torch.Tensor:
     return backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
 
 
-def fingerprint_of(model) -> str:
+def model_fingerprints(model) -> ModelFingerprints:
+    """The model's fingerprints (current, and the kind older files carry), computed when first needed."""
     named = [(f"{PREFIX}{n}", tuple(p.shape)) for n, p in model.model.diffusion_model.named_parameters()]
     if not named:
         raise CADError("This MODEL has no diffusion-model weights to fingerprint.")
-    return model_fingerprint(named, lambda key: original_weight(model, key))
+    return ModelFingerprints(named, lambda key: original_weight(model, key))
+
+
+def fingerprint_of(model) -> str:
+    """The fingerprint new files get (cad_core.fingerprint, the current scheme)."""
+    return model_fingerprints(model).current
 
 
 def check_fingerprint(model, fingerprint: str, what: str) -> None:
-    require_same_model(fingerprint, fingerprint_of(model), f"This {what}", "this MODEL",
+    require_same_model(fingerprint, model_fingerprints(model), f"This {what}", "this MODEL",
                        "Connect the checkpoint it was made for, or attribute this model again.")
 
 
@@ -109,6 +115,26 @@ def needs_pooled_output(model) -> bool:
     except Exception:  # noqa: BLE001 - other needs show up in the real run with ComfyUI's own message
         return False
     return False
+
+
+def same_conditioning(a, b) -> bool:
+    """Whether two CONDITIONING values are the same (tensors equal in shape and value, options equal)."""
+    if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b):
+        return False
+    return all(_same(x, y) for x, y in zip(a, b))
+
+
+def _same(x, y) -> bool:
+    if torch.is_tensor(x) or torch.is_tensor(y):
+        return torch.is_tensor(x) and torch.is_tensor(y) and x.shape == y.shape and bool(torch.equal(x, y))
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_same(p, q) for p, q in zip(x, y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    try:
+        return bool(x == y)
+    except Exception:  # noqa: BLE001 - objects without a usable ==: the same only if they are one object
+        return x is y
 
 
 def check_conditioning(model, positive, base) -> None:
