@@ -12,7 +12,7 @@ from .attribution import (Attribution, GradientAccumulator, GradientCapture, Mod
 from .block_map import block_map
 from .blocks import block_of, short_block_name
 from .errors import CADError, CADFileError
-from .families import FAMILIES, ModelFamily, detect_family
+from .families import FAMILIES, GENERIC, ModelFamily, detect_family
 from .fingerprint import ModelFingerprints, model_fingerprint, require_same_model
 from .mask import Mask, protect, scale_selected, union
 from .noise import FlowMatching, VarianceExploding

@@ -73,6 +73,8 @@ class Attribution:
         lines = [f"CAD attribution ({s['objective']}, scope {s['scope']}): {s['weights']:,} weights in "
                  f"{s['matrices']} matrices; {s['positive']:,} positive (mass {s['positive_mass']:.4g}), "
                  f"{s['negative']:,} negative (mass {s['negative_mass']:.4g})."]
+        if self.meta.get("scope_notice"):
+            lines.append(f"Note: {self.meta['scope_notice']}")
         for r in s["blocks"]:
             lines.append(f"  {r['block']:<18} +{r['positive_mass']:.4g} / {r['negative_mass']:.4g}  "
                          f"({r['weights']:,} weights)")

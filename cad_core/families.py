@@ -76,6 +76,24 @@ MMDIT = ModelFamily(
 
 FAMILIES = (UNET, FLUX, MMDIT)
 
+# Any other transformer: its feed-forward and attention matrices found from the names ComfyUI's own model code
+# gives the modules inside a repeated block (`<blocks>.<N>.` ... `mlp` / `ff` / `ffn` / `feed_forward`, or `attn` /
+# `attention`), 2-D weights only. Used when no record recognises a model, with a notice naming what it chose.
+_IN_A_BLOCK = r"\.\d+\.(?:\w+\.)*(?:\w+_)?"
+_REST = r"(?:[A-Z0-9_]\w*)?\.(?:\w+\.)*weight$"
+GENERIC = ModelFamily(
+    name="generic", display="any other transformer (ff/attention found by module name)",
+    recognise=r"(?!)",                                  # never chosen by detect_family: the fallback
+    ff=_IN_A_BLOCK + r"(?:mlp|ffn?|feed_?forward)" + _REST,
+    attention=_IN_A_BLOCK + r"(?:attn|attention)" + _REST,
+    blocks=(),
+    comfy_models="any model ComfyUI loads whose blocks name their MLPs mlp/ff/ffn/feed_forward and their attention "
+                 "attn/attention (e.g. HunyuanVideo, LTX-Video)",
+    noising="asked of the model", ff_names="2-D weights under `…mlp…`, `…ff…`, `…ffn…`, `…feed_forward…` in a block",
+    attention_names="2-D weights under `…attn…`, `…attention…` in a block",
+    conditioning="as the model's own nodes make it",
+)
+
 # Block names of architectures without a record, so their charts still group weights by block.
 GENERIC_BLOCKS = ((r"single_transformer_blocks\.\d+", "single"), (r"transformer_blocks\.\d+", "block"),
                   (r"blocks\.\d+", "block"), (r"layers\.\d+", "layer"))

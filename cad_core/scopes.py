@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Callable, Sequence
 
 from .errors import CADError
-from .families import detect_family, supported_families
+from .families import GENERIC, detect_family, supported_families
 
 SCOPE_PRESETS = ("ff", "attention", "ff+attention", "all_linear", "regex")
 
@@ -34,14 +34,13 @@ def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: st
         chosen = [k for k in keys if k.endswith(".weight") and len(shapes[k]) == 2]
     else:
         family = detect_family(keys)
-        if family is None:
+        chosen = _preset(family or GENERIC, scope, keys, shapes)
+        if family is None and not chosen:
             raise CADError(
                 f"Scope '{scope}' has no preset for this model's architecture (supported families: "
-                f"{supported_families()}). Use scope 'all_linear', or scope 'regex' with a pattern in "
-                f"scope_regex over these weight names: {_describe_keys(keys)}")
-        parts = ("ff", "attention") if scope == "ff+attention" else (scope,)
-        pattern = re.compile("|".join(f"(?:{family.scope_pattern(p).pattern})" for p in parts))
-        chosen = [k for k in keys if pattern.search(k) and len(shapes[k]) == 2]
+                f"{supported_families()}), and no feed-forward or attention layers could be told from its weight "
+                f"names. Use scope 'all_linear', or scope 'regex' with a pattern in scope_regex over these weight "
+                f"names: {_describe_keys(keys)}")
 
     if not chosen:
         detail = f" with pattern '{regex}'" if scope == "regex" else ""
@@ -53,6 +52,22 @@ def resolve_scope(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: st
             f"Scope '{scope}'{detail} matched no weights in this model, so there is nothing to attribute.{hint} "
             f"The model has {len(keys)} parameters: {_describe_keys(keys)}")
     return chosen
+
+
+def _preset(family, scope, keys, shapes) -> list[str]:
+    parts = ("ff", "attention") if scope == "ff+attention" else (scope,)
+    pattern = re.compile("|".join(f"(?:{family.scope_pattern(p).pattern})" for p in parts))
+    return [k for k in keys if pattern.search(k) and len(shapes[k]) == 2]
+
+
+def scope_notice(named_shapes: Sequence[tuple[str, tuple[int, ...]]], scope: str, chosen: Sequence[str]) -> str:
+    """What a user should be told about how `scope` was resolved: for a model without a preset, which weights the
+    module names led to ('' when a family record or the user's own regex decided)."""
+    if scope not in ("ff", "attention", "ff+attention") or detect_family(k for k, _ in named_shapes) is not None:
+        return ""
+    return (f"This model has no '{scope}' preset: CAD chose {len(chosen)} matrices from their module names "
+            f"({_describe_keys(list(chosen), examples=3)}). Check that these are the layers you mean, or use scope "
+            f"'regex'.")
 
 
 def python_re_matcher(regex: str) -> Callable[[Sequence[str]], list[str]]:

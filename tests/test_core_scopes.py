@@ -239,15 +239,12 @@ def unknown_keys():
     return out
 
 
-@pytest.mark.parametrize("scope", ["ff", "attention", "ff+attention"])
-def test_unknown_architecture_gets_clear_error(scope):
+def test_names_without_a_preset_resolve_by_module_name():
+    """A Lumina-like model (no record): ff = the feed_forward matrices, attention = the attention ones."""
     ns = unknown_keys()
-    with pytest.raises(CADError) as e:
-        resolve_scope(ns, scope)
-    msg = str(e.value)
-    assert "no preset" in msg and "all_linear" in msg and "regex" in msg
-    assert "feed_forward.w1.weight" in msg            # what the model does have
-    assert "x_embedder.weight" in msg and "layers.1." in msg   # example full names
+    assert resolve_scope(ns, "ff") == [k for k, _ in ns if ".feed_forward." in k]
+    assert resolve_scope(ns, "attention") == [k for k, s in ns if ".attention." in k and len(s) == 2]
+    assert set(resolve_scope(ns, "ff+attention")) == set(resolve_scope(ns, "ff")) | set(resolve_scope(ns, "attention"))
 
 
 def test_unknown_architecture_all_linear_and_regex_still_work():
@@ -264,3 +261,27 @@ def test_presets_keep_only_2d_weights():
           for k, s, _ in tagged]
     ff = resolve_scope(ns, "ff")
     assert len(ff) == 31 and not any(k.endswith("middle_block.1.transformer_blocks.0.ff.net.2.weight") for k in ff)
+
+
+def test_an_architecture_with_nothing_recognisable_keeps_a_clear_error():
+    shapes = [("diffusion_model.stem.weight", (8, 4)), ("diffusion_model.units.0.lin_a.weight", (8, 8)),
+              ("diffusion_model.units.0.lin_b.weight", (8, 8)), ("diffusion_model.head.weight", (4, 8))]
+    for scope in ("ff", "attention", "ff+attention"):
+        with pytest.raises(CADError) as e:
+            resolve_scope(shapes, scope)
+        message = str(e.value)
+        assert "no preset" in message and "no feed-forward or attention layers could be told" in message
+        assert "scope 'regex'" in message and "units.0.lin_a" in message
+
+
+def test_generic_names_need_a_block_and_two_dimensions():
+    from cad_pack.cad_core.scopes import scope_notice
+    shapes = [("diffusion_model.layers.0.feed_forward.w1.weight", (16, 8)), ("diffusion_model.layers.0.ffn_norm.weight", (8,)),
+              ("diffusion_model.layers.1.attention.qkv.weight", (24, 8)), ("diffusion_model.final_mlp.weight", (4, 8)),
+              ("diffusion_model.blocks.2.offset.weight", (8, 8)), ("diffusion_model.blocks.2.img_mlp.0.weight", (32, 8))]
+    assert resolve_scope(shapes, "ff") == ["diffusion_model.layers.0.feed_forward.w1.weight",
+                                           "diffusion_model.blocks.2.img_mlp.0.weight"]
+    assert resolve_scope(shapes, "attention") == ["diffusion_model.layers.1.attention.qkv.weight"]
+    assert "no 'ff' preset: CAD chose 2 matrices" in scope_notice(shapes, "ff", resolve_scope(shapes, "ff"))
+    unet = [("diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight", (4, 16))]
+    assert scope_notice(unet, "ff", resolve_scope(unet, "ff")) == ""      # a record decided: nothing to say

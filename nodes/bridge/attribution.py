@@ -1,6 +1,8 @@
 """CAD Attribute on a ComfyUI MODEL: cad_core.attribute() run through ComfyUI's own CFGGuider (conditioning is
 prepared exactly as KSampler prepares it), on a differentiable clone with gradient probes, under a memory budget
 in chunks when asked."""
+import logging
+
 import torch
 
 import comfy.model_management
@@ -8,6 +10,7 @@ import comfy.samplers
 
 from ...cad_core import CADError, attribute, objective_named, resolve_scope, seeded_noise
 from ...cad_core.attribution import check_not_all_zero
+from ...cad_core.scopes import scope_notice
 from ...cad_core.budget import MB, join_chunks, plan_chunks, scope_bytes
 from ...cad_core.trajectory import loss_scale_for
 from .differentiable import differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters
@@ -72,6 +75,9 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
     available = patchable_weights(model)
     whole_scope = keys is None    # a chunk's scores may all be 0; attribute_with_budget checks the joined ones
     keys = resolve_scope(available, scope, scope_regex, bounded_matcher) if keys is None else list(keys)
+    notice = scope_notice(available, scope, keys) if whole_scope else ""
+    if notice:
+        logging.warning("CAD: %s", notice)
     shapes = dict(available)
     fingerprint = fingerprint_of(model)
     latent_image = sampler_latent(model, latent)[:1]
@@ -100,7 +106,7 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
                 samples=samples if given is None else max(samples, len(given)),  # every concept image counts
                 images=given, loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()),
                 on_progress=on_progress, fingerprint=fingerprint, refuse_all_zero=whole_scope,
-                meta={"scope": scope, "scope_regex": scope_regex, "seed": seed,
+                meta={"scope": scope, "scope_regex": scope_regex, "seed": seed, **({"scope_notice": notice} if notice else {}),
                       "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
                       "latent_shape": list(latent_image.shape)})
             return processed_latent
@@ -162,7 +168,9 @@ def attribute_with_budget(model, positive, base, latent, *, memory_budget_mb=0, 
                     on_progress(offset * total + done, passes * total)
             parts.append(attribute_model(model, positive, base, latent, on_progress=progress, source=source,
                                          keys=chunk, **kwargs))
+    notice = scope_notice(patchable_weights(model), scope, [k for c in chunks for k in c])
     joined = join_chunks(parts, {
+        **({"scope_notice": notice} if notice else {}),
         "scope": scope, "scope_regex": scope_regex, "memory_budget_mb": memory_budget_mb,
         "chunk_sizes": [len(c) for c in chunks],
         "peak_scope_mb": round(max(scope_bytes([shapes[k] for k in c]) for c in chunks) / MB, 3)})
