@@ -4,10 +4,12 @@ import re
 
 from .families import FAMILIES, GENERIC_BLOCKS
 
-# Family blocks first, each searched on its own (an UNet key names its input block before the transformer
-# block inside it); then the generic names, leftmost match first.
-_FAMILY_BLOCKS = [(re.compile(f"({pattern})"), label) for family in FAMILIES for pattern, label in family.blocks]
-_GENERIC = re.compile("(" + "|".join(pattern for pattern, _ in GENERIC_BLOCKS) + ")")
+# Family blocks first, each searched on its own (an UNet key names its input block before the transformer block
+# inside it); then the first "<name>.<N>" of the key. Names must start a segment: "layers.0" is not a block of
+# "double_layers.0".
+_FAMILY_BLOCKS = [(re.compile(rf"(?:^|\.)({pattern})(?:\.|$)"), label)
+                  for family in FAMILIES for pattern, label in family.blocks]
+_FIRST_NUMBERED = re.compile(r"(?:^|\.)([A-Za-z_]\w*\.\d+)(?:\.|$)")
 _LABELS = [(re.compile(pattern), label) for pattern, label in
            [b for family in FAMILIES for b in family.blocks] + list(GENERIC_BLOCKS)]
 
@@ -18,7 +20,7 @@ def block_of(key: str) -> str:
         found = pattern.search(key)
         if found:
             return found.group(1)
-    found = _GENERIC.search(key)
+    found = _FIRST_NUMBERED.search(key.removeprefix("diffusion_model."))
     if found:
         return found.group(1)
     name = key.removeprefix("diffusion_model.")

@@ -19,8 +19,8 @@ from cad_pack.cad_core.families import detect_family
 from cad_pack.nodes.bridge import attribute_with_budget
 from cad_pack.nodes.bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
 
-from family_models import (EXPECTED, FAMILIES, build, check_mask_round_trip, conditioning, empty_latent,
-                           plain_autograd_alpha)
+from family_models import (EXPECTED, FAMILIES, NO_PRESET, build, check_mask_round_trip, conditioning, empty_latent,
+                           family_latent, plain_autograd_alpha)
 
 STEPS, SEED, GUIDANCE = 3, 7, 3.0
 SCALE = 0.1  # init scale: large enough that J (and every gradient) is far from fp32 noise
@@ -28,7 +28,7 @@ SCALE = 0.1  # init scale: large enough that J (and every gradient) is far from 
 
 def node_path(mp, family, objective="concept_gap", scope="ff", **kw):
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), empty_latent(),
+        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0],
                                objective=objective, steps=STEPS, guidance=GUIDANCE, seed=SEED, samples=1,
                                scope=scope, **kw)
 
@@ -42,8 +42,19 @@ PRESET_NAMES = {  # what each preset must select, written independently of cad_c
              "attention": ("img_attn.qkv.weight", "img_attn.proj.weight", "txt_attn.qkv.weight", "txt_attn.proj.weight")},
     "mmdit": {"ff": ("mlp.fc1.weight", "mlp.fc2.weight"),
               "attention": ("attn.qkv.weight", "attn.proj.weight", "attn2.qkv.weight", "attn2.proj.weight")},
+    "qwen_image": {"ff": tuple(f"{s}_mlp.net.{p}.weight" for s in ("img", "txt") for p in ("0.proj", "2")),
+                   "attention": tuple(f"attn.{p}.weight" for p in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
+                                                                 "add_k_proj", "add_v_proj", "to_add_out"))},
+    "lumina2": {"ff": ("feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight"),
+                "attention": ("attention.qkv.weight", "attention.out.weight")},
+    "hidream": {"ff": ("w1.weight", "w2.weight", "w3.weight"),
+                "attention": tuple(f"attn1.{p}{t}.weight" for p in ("to_q", "to_k", "to_v", "to_out") for t in ("", "_t"))},
+    "wan": {"ff": ("ffn.0.weight", "ffn.2.weight"),
+            "attention": tuple(f"{a}.{p}.weight" for a in ("self_attn", "cross_attn") for p in "qkvo")},
 }
-FAMILY_OF = {"sd15": "unet", "sd2v": "unet", "sdxl": "unet", "sd3": "mmdit", "flux": "flux"}
+PRESET_NAMES["flux2"] = PRESET_NAMES["chroma"] = PRESET_NAMES["flux"]
+FAMILY_OF = {"sd15": "unet", "sd2v": "unet", "sdxl": "unet", "sd3": "mmdit", "flux": "flux", "flux2": "flux2",
+             "qwen_image": "qwen_image", "zimage": "lumina2", "chroma": "chroma", "hidream": "hidream", "wan22": "wan"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -63,7 +74,8 @@ def test_scope_presets_find_the_family_weights(family):
     assert set(both) < set(linear) and all(len(dict(available)[k]) == 2 for k in linear)
     # embeddings, modulation and output layers are never in the ff/attention presets
     assert not any(re.search(r"(time_embed|label_emb|t_embedder|y_embedder|time_in|vector_in|guidance_in|_mod\.|"
-                             r"modulation|adaLN|final_layer)", k) for k in both)
+                             r"modulation|adaLN|final_layer|embedding|head\.head|proj_out|norm_out|caption_projection|"
+                             r"distilled_guidance|\.gate\.)", k) for k in both)
 
 
 def test_sd3_scopes_name_the_last_pre_only_context_block_correctly():
@@ -124,10 +136,13 @@ def test_node_path_gradients_equal_plain_autograd(family, objective):
     with torch.inference_mode(False):
         expected = plain_autograd_alpha(reference, family, objective, keys, conditioning(family, 1),
                                         conditioning(family, 2), steps=STEPS, seed=SEED, guidance=GUIDANCE,
-                                        concept_latent=None if concept is None else concept["samples"])
+                                        concept_latent=None if concept is None else concept["samples"],
+                                        frames=family_latent(family)[1])
     for k in keys:
         assert attribution.scores[k].dtype == torch.float32
-        assert attribution.scores[k].abs().max() > 0, k
+        # Qwen-Image's last block sends its text stream nowhere: those weights never reach the output (alpha 0)
+        dead = family == "qwen_image" and ".transformer_blocks.1.txt_mlp." in k
+        assert (attribution.scores[k].abs().max() > 0) != dead, k
         torch.testing.assert_close(attribution.scores[k], expected[k], rtol=1e-4,
                                    atol=1e-12 + 1e-4 * expected[k].abs().max().item())
 
@@ -220,3 +235,27 @@ def test_missing_pooled_output_is_refused_clearly():
         with torch.inference_mode():
             attribute_with_budget(mp, no_pooled, conditioning("sdxl", 2), empty_latent(), objective="concept_gap",
                                   steps=1, guidance=3.0, seed=0, samples=1, scope="ff")
+
+
+@pytest.mark.parametrize("family", [f for f in NO_PRESET if f != "auraflow"])
+def test_video_transformers_without_a_preset_attribute_through_module_names(family):
+    """HunyuanVideo (Flux-like names, but its own blocks: not taken for Flux) and LTX-Video get no preset; ff and
+    attention come from module names, and alpha on 5-D video latents equals plain autograd."""
+    mp = build(family, seed=3, scale=SCALE)
+    available = patchable_weights(mp)
+    assert detect_family(k for k, _ in available) is None
+    ff = resolve_scope(available, "ff")
+    named_like_mlp = [k for k, s in available if len(s) == 2 and re.search(r"\.\d+\..*(mlp|ff)\b[\w.]*\.weight$", k)]
+    assert ff == named_like_mlp and ff
+    attribution = node_path(mp, family, scope="ff+attention")
+    assert "no 'ff+attention' preset" in attribution.meta["scope_notice"]
+    keys = list(attribution.scores)
+    reference = build(family, seed=3, scale=SCALE, inference=False)
+    with torch.inference_mode(False):
+        expected = plain_autograd_alpha(reference, family, "concept_gap", keys, conditioning(family, 1),
+                                        conditioning(family, 2), steps=STEPS, seed=SEED, guidance=GUIDANCE,
+                                        frames=family_latent(family)[1])
+    assert sum(1 for k in keys if attribution.scores[k].abs().max() > 0) >= len(keys) // 2
+    for k in keys:
+        torch.testing.assert_close(attribution.scores[k], expected[k], rtol=1e-4,
+                                   atol=1e-12 + 1e-4 * expected[k].abs().max().item())

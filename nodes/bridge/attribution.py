@@ -13,7 +13,8 @@ from ...cad_core.attribution import check_not_all_zero
 from ...cad_core.scopes import scope_notice
 from ...cad_core.budget import MB, join_chunks, plan_chunks, scope_bytes
 from ...cad_core.trajectory import loss_scale_for
-from .differentiable import differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters
+from .differentiable import (differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters,
+                             saved_tensor_copies)
 from .model_info import (check_conditioning, compute_dtype_of, fingerprint_of, parameterization_of,
                          patchable_weights, same_conditioning, sampler_latent)
 from .probes import (ProbeCapture, cad_wrappers_lifted, install_missing_cad_wrappers, install_probes,
@@ -27,10 +28,12 @@ class AttributionSampler(comfy.samplers.Sampler):
     """Runs cad_core's visiting loop with conditioning prepared exactly as KSampler prepares it.
 
     patcher: the gradient clone whose CAD wrappers must be on its modules once ComfyUI has loaded it.
+    private_saves: every tensor autograd saves during a differentiated forward is a private copy (models that
+    update a tensor in place after saving it, see saved_tensor_copies).
     """
 
-    def __init__(self, run, patcher=None):
-        self.run, self.patcher = run, patcher
+    def __init__(self, run, patcher=None, private_saves=False):
+        self.run, self.patcher, self.private_saves = run, patcher, private_saves
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -46,7 +49,7 @@ class AttributionSampler(comfy.samplers.Sampler):
                 x = x.clone() if x.is_inference() else x
                 s = sigma.reshape(1).to(x).expand(x.shape[0])
                 if torch.is_grad_enabled():
-                    with kernels_with_backward():
+                    with kernels_with_backward(), saved_tensor_copies(self.private_saves):
                         return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
                 with cad_wrappers_lifted(wrapped):
                     return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
@@ -72,6 +75,25 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
                                    seed=seed, samples=samples, scope=scope, scope_regex=scope_regex,
                                    schedule=schedule, concept_latent=concept_latent, on_progress=on_progress,
                                    source=own_source, keys=keys)
+    run = dict(model=model, positive=positive, base=base, latent=latent, objective=objective, steps=steps,
+               guidance=guidance, seed=seed, samples=samples, scope=scope, scope_regex=scope_regex, schedule=schedule,
+               concept_latent=concept_latent, on_progress=on_progress, source=source, keys=keys)
+    try:
+        return _attribution_pass(**run, private_saves=False)
+    except RuntimeError as e:
+        if "modified by an inplace operation" not in str(e):
+            raise
+    # Some models update a tensor in place after an op saved it for backward (LTX-Video's blocks add the
+    # attention outputs into their residual stream with addcmul_/+=), which autograd refuses. The failure comes at
+    # the first backward pass, so little work is lost; the run starts over with private copies of every saved
+    # tensor (more memory for activations, same scores).
+    logging.info("CAD: this model updates tensors in place during its forward pass; attributing again with "
+                 "private copies of the tensors autograd saves.")
+    return _attribution_pass(**run, private_saves=True)
+
+
+def _attribution_pass(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
+                      scope_regex, schedule, concept_latent, on_progress, source, keys, private_saves):
     available = patchable_weights(model)
     whole_scope = keys is None    # a chunk's scores may all be 0; attribute_with_budget checks the joined ones
     keys = resolve_scope(available, scope, scope_regex, bounded_matcher) if keys is None else list(keys)
@@ -118,7 +140,7 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
             start = images if images is not None else latent_image
             noise = torch.zeros_like(start)
             with probes_must_see_their_modules(grad_model, probes):
-                guider.sample(noise, start, AttributionSampler(run, grad_model), sigmas, seed=seed,
+                guider.sample(noise, start, AttributionSampler(run, grad_model, private_saves), sigmas, seed=seed,
                               disable_pbar=True)
         finally:
             remove_cad_wrappers(grad_model)

@@ -1,6 +1,7 @@
 """Making a ComfyUI model differentiable: which model CAD differentiates (a non-dynamic reload under Dynamic
 VRAM: differentiable_source), ComfyUI kernels that need its training switch for a backward
-(kernels_with_backward), and the parameters no weight wrapper reaches (ordinary_copies_of_plain_parameters).
+(kernels_with_backward), the parameters no weight wrapper reaches (ordinary_copies_of_plain_parameters), and
+private copies of saved tensors for models that update tensors in place (saved_tensor_copies).
 
 Weight wrappers (probes and copy-forcing identities) only exist on comfy ops (`CastWeightBiasOp`:
 Linear, Conv, GroupNorm, LayerNorm, ...). DiT families also hold parameters in plain modules: the
@@ -38,6 +39,17 @@ def kernels_with_backward():
         yield
     finally:
         mm.in_training = before
+
+
+@contextlib.contextmanager
+def saved_tensor_copies(enabled: bool = True):
+    """While enabled: every tensor autograd saves for backward is saved as a private copy, so a model may update
+    the original in place afterwards (costs a copy of every saved activation)."""
+    if not enabled:
+        yield
+        return
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        yield
 
 
 # --- the model CAD differentiates ------------------------------------------------------------------------
