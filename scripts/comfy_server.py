@@ -38,7 +38,9 @@ def _symlink(src, dst):
 
 class ComfyServer:
     def __init__(self, base_dir, port=None, extra_args=(), checkpoint=None, comfyui_path=None,
-                 log_path=None, isolate=True, startup_timeout=180):
+                 log_path=None, isolate=True, startup_timeout=180, extra_packs=(), model_files=None):
+        """extra_packs: folders of further custom node packs to install beside this one (tests' helper nodes);
+        model_files: {models subfolder: [file, ...]} linked into the server's models folder."""
         self.base_dir = os.path.abspath(base_dir)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
@@ -48,7 +50,9 @@ class ComfyServer:
         if self.comfyui_path is None:
             raise RuntimeError("ComfyUI not found: set COMFYUI_PATH or run `make test` / `make setup`")
         self.log_path = log_path or os.path.join(REPO, "tests", ".artifacts", f"comfy_server_{self.port}.log")
-        self.isolate = isolate  # load only our pack, so other packs cannot break the run
+        self.isolate = isolate  # load only our pack (and extra_packs), so other packs cannot break the run
+        self.extra_packs = [os.path.abspath(p) for p in extra_packs]
+        self.model_files = {sub: [os.path.abspath(f) for f in files] for sub, files in (model_files or {}).items()}
         self.startup_timeout = startup_timeout
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
@@ -63,6 +67,12 @@ class ComfyServer:
         if self.checkpoint:
             _symlink(os.path.abspath(self.checkpoint),
                      os.path.join(self.base_dir, "models", "checkpoints", self.ckpt_name))
+        for pack in self.extra_packs:
+            _symlink(pack, os.path.join(self.base_dir, "custom_nodes", os.path.basename(pack)))
+        for sub, files in self.model_files.items():
+            os.makedirs(os.path.join(self.base_dir, "models", sub), exist_ok=True)
+            for file in files:
+                _symlink(file, os.path.join(self.base_dir, "models", sub, os.path.basename(file)))
 
     def command(self):
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -71,7 +81,8 @@ class ComfyServer:
                "--database-url", "sqlite:///" + os.path.join(self.base_dir, "user", "comfyui.db")]
         cmd += self.extra_args
         if self.isolate:  # nargs='+' flag: keep it last
-            cmd += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_DIR_NAME]
+            cmd += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_DIR_NAME,
+                    *(os.path.basename(p) for p in self.extra_packs)]
         return cmd
 
     def start(self):

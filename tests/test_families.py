@@ -259,3 +259,21 @@ def test_video_transformers_without_a_preset_attribute_through_module_names(fami
     for k in keys:
         torch.testing.assert_close(attribution.scores[k], expected[k], rtol=1e-4,
                                    atol=1e-12 + 1e-4 * expected[k].abs().max().item())
+
+
+def test_verify_and_likelihood_work_on_video_latents():
+    """CAD Verify re-measures J at 5-D visited latents, and concept_likelihood takes 5-D concept latents."""
+    from cad_pack.nodes.bridge import verify_on
+    mp = build("wan22", seed=3, scale=SCALE)
+    # concept_gap_full differentiates both branches, so a small real ablation changes J as alpha predicts
+    attribution = node_path(mp, "wan22", "concept_gap_full")
+    assert attribution.points[0].x_t.ndim == 5
+    mask = select_components(attribution, "erase", 0.05, "per_row")
+    with torch.inference_mode():
+        check = verify_on(mp, conditioning("wan22", 1), conditioning("wan22", 2), attribution, mask, strength=0.05)
+    assert check.predicted_change < 0 and check.measured_change < 0
+    assert abs(check.measured_change - check.predicted_change) < 0.1 * abs(check.predicted_change), check
+    with torch.inference_mode():
+        video = {"samples": torch.randn((1, 48, 2, 8, 8), generator=torch.Generator().manual_seed(5))}
+    likelihood = node_path(mp, "wan22", "concept_likelihood", concept_latent=video)
+    assert all(torch.isfinite(s).all() and s.abs().max() > 0 for s in likelihood.scores.values())
