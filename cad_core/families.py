@@ -29,6 +29,8 @@ class ModelFamily:
     attention_names: str               # README: what the attention preset selects
     conditioning: str = ""             # README: what its conditioning needs beyond CLIP Text Encode's output
     unless: str = ""                   # regex: a name that makes a model another architecture after all
+    # README: how the pack knows the preset works (reduced models on both ComfyUI versions, unless said)
+    evidence: str = "reduced model, ComfyUI 0.3.75 and 0.33.0; full size computed only"
 
     def scope_pattern(self, part: str) -> re.Pattern:
         return re.compile({"ff": self.ff, "attention": self.attention}[part])
@@ -45,6 +47,7 @@ UNET = ModelFamily(
     ff_names="`transformer_blocks.N.ff.net.{0.proj,2}`",
     attention_names="`attn1/attn2 .to_q/.to_k/.to_v/.to_out.0`",
     conditioning="SDXL: `pooled_output`",
+    evidence="reduced models, ComfyUI 0.3.75 and 0.33.0; full size measured: SD1.5 on CPU, SD1.5 and SDXL on an H200",
 )
 
 # Flux-style blocks, shared by Flux, Flux.2 and Chroma. The single-stream blocks fuse attention and MLP in linear1
@@ -145,6 +148,8 @@ WAN = ModelFamily(
     comfy_models="model_base.WAN21 (2.1, 2.2 A14B), model_base.WAN22 (2.2 TI2V 5B); 5-D video latents",
     noising="(1−σ)x0 + σε (flow)", ff_names="`blocks.N.ffn.{0,2}`",
     attention_names="`blocks.N.{self_attn,cross_attn}.{q,k,v,o}`", conditioning="text only",
+    evidence="reduced model (5-D latents), ComfyUI 0.3.75 and 0.33.0, also end to end through the server; "
+             "full size computed only",
 )
 
 # Order matters where names overlap: Flux.2 and Chroma are told from Flux by names only they have.
@@ -166,6 +171,7 @@ GENERIC = ModelFamily(
     noising="asked of the model", ff_names="2-D weights under `…mlp…`, `…ff…`, `…ffn…`, `…feed_forward…` in a block",
     attention_names="2-D weights under `…attn…`, `…attention…` in a block",
     conditioning="as the model's own nodes make it",
+    evidence="reduced AuraFlow, HunyuanVideo and LTX-Video, ComfyUI 0.3.75 and 0.33.0",
 )
 
 # Block names of architectures without a record, so their charts still group weights by block.

@@ -29,12 +29,12 @@ def _core():
 
 def families_table() -> str:
     core = _core()
-    lines = ["| family | ComfyUI model | noising | `ff` preset | `attention` preset | conditioning needs | chart labels |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| family | ComfyUI model | noising | `ff` preset | `attention` preset | conditioning needs | chart labels "
+             "| tested |", "|---|---|---|---|---|---|---|---|"]
     for f in (*core.FAMILIES, core.GENERIC):
         labels = ", ".join(label for _, label in f.blocks) or "block names as found"
         lines.append(f"| {f.display} | {f.comfy_models} | {f.noising} | {f.ff_names} | {f.attention_names} | "
-                     f"{f.conditioning or 'text only'} | {labels} |")
+                     f"{f.conditioning or 'text only'} | {labels} | {f.evidence} |")
     return "\n".join(lines)
 
 
