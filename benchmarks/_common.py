@@ -13,7 +13,8 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(REPO, "benchmarks", "results")
+# CAD_BENCH_RESULTS: another folder for the tables (the tests run the scripts there on reduced models)
+RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(REPO, "benchmarks", "results")
 
 # ComfyUI's own unet configs for the two families (comfy/model_detection.py, 0.3.75).
 SD15_UNET = {

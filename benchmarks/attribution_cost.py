@@ -43,7 +43,7 @@ def stub_counts(steps, schedule, objective="concept_gap"):
     with torch.enable_grad():
         a = attribute(free, denoise, denoise, scope=["w"], sigmas=torch.linspace(10.0, 0.0, steps + 1),
                       parameterization="variance_exploding", objective=objective, guidance=3.0, schedule=schedule,
-                      noise_shape=(1, 1))
+                      noise_shape=(1, 1), refuse_all_zero=False)   # concept = base: counting calls only
     calls = a.meta["unet_calls"]
     return {"forward_backward": calls["forward_backward"], "forward_no_grad": calls["forward_no_grad"]}
 
