@@ -143,7 +143,7 @@ def parse_args():
                     help="T of the reference run whose interleaved visits and guided steps give the unit costs")
     ap.add_argument("--memory-steps", type=int, default=2, help="T of the single run used for memory and masks")
     ap.add_argument("--sample-steps", type=int, default=1)
-    ap.add_argument("--sample-repeats", type=int, default=4)
+    ap.add_argument("--sample-repeats", type=int, default=10, help="rounds of 2 timed calls each (10: 20 per model)")
     ap.add_argument("--chunk-steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--name", default="attribution_cost_cpu")
@@ -378,6 +378,14 @@ def memory_table(args, model, runs):
     ])
 
 
+def spread(times):
+    """Interquartile range of the timed calls, 'q1-q3 s'."""
+    if len(times) < 4:
+        return f"{min(times):.3f}-{max(times):.3f} s"
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return f"{q1:.3f}-{q3:.3f} s"
+
+
 def apply_table(args, ratio, applied, plain_t, masked_t):
     mask = applied["mask"]
     plain_med, masked_med = statistics.median(plain_t), statistics.median(masked_t)
@@ -386,10 +394,10 @@ def apply_table(args, ratio, applied, plain_t, masked_t):
         [f"build erase mask (per_row, ratio {ratio}): {mask.count:,} weights", f"{applied['select_s']:.2f} s"],
         ["Apply CAD Mask (clone + add_patches, fingerprint check)", f"{applied['apply_s']:.3f} s"],
         ["ComfyUI patching the weights at the next load (once per model switch)", f"{applied['patch_s']:.2f} s"],
-        [f"sampling {args.sample_steps} step(s) (cfg 7.5, euler), {len(plain_t)} timed calls each, median / min: "
-         f"without mask", f"{plain_med:.2f} s / {plain_min:.2f} s"],
-        ["... with mask", f"{masked_med:.2f} s ({100 * (masked_med / plain_med - 1):+.1f}%) / {masked_min:.2f} s "
-                          f"({100 * (masked_min / plain_min - 1):+.1f}%)"],
+        [f"sampling {args.sample_steps} step(s) (cfg 7.5, euler), {len(plain_t)} timed calls each, median "
+         f"[interquartile range] / min: without mask", f"{plain_med:.3f} s [{spread(plain_t)}] / {plain_min:.3f} s"],
+        ["... with mask", f"{masked_med:.3f} s [{spread(masked_t)}] ({100 * (masked_med / plain_med - 1):+.1f}%) / "
+                          f"{masked_min:.3f} s ({100 * (masked_min / plain_min - 1):+.1f}%)"],
     ])
 
 

@@ -1,6 +1,14 @@
 """The attribution benchmark on a GPU: SD1.5 at 512x512 and SDXL at 1024x1024, fp16, random weights, real
 architectures, T = 50, both schedules; UNet calls, wall time, peak VRAM, apply and sampling overhead.
-Meant to finish in about 10 minutes on one H100/H200 (a time guard extrapolates what would not fit).
+Meant to finish in about 8 minutes on one H100/H200 (a time guard extrapolates what would not fit).
+
+Issue 12's targets are measured as such: the default-settings `single` run happens under a real memory cap
+(torch.cuda.set_per_process_memory_fraction: 4 GiB for SD1.5, 10 GiB for SDXL; an out-of-memory there is
+reported, then the run is repeated without the cap), next to a run with gradient_checkpointing off (peak only);
+each run's time is split into set-up + first step, a steady step and the end, and the steady step is set against
+the same UNet's plain forward+backward+forward measured in the same process (plain_step: torch autograd on an
+ordinary copy of the UNet, no ComfyUI, no CAD). Sampling with vs without a mask: 20 timed calls each, median and
+interquartile range.
 
     python benchmarks/gpu_check.py                      # on the GPU machine (writes benchmarks/results/)
     python benchmarks/gpu_check.py --dry-run            # anywhere: CPU, reduced models, T=2 (checks the script)
@@ -25,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 FAMILIES = {"sd15": 512, "sdxl": 1024}
+CAPS_GIB = {"sd15": 4.0, "sdxl": 10.0}    # issue 12's targets: peak memory with default settings
 
 
 def main():
@@ -33,15 +42,18 @@ def main():
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--time-budget-s", type=float, default=540.0, help="stop measuring (extrapolate) past this")
-    ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--sample-repeats", type=int, default=3)
+    ap.add_argument("--sample-steps", type=int, default=10)
+    ap.add_argument("--sample-repeats", type=int, default=20, help="timed sampling calls per model (plain, masked)")
+    ap.add_argument("--cap-gib", type=float, nargs="+", default=None,
+                    help="memory cap per family for the default run (default: sd15 4, sdxl 10); 0 = none")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
     dry = args.dry_run
     if dry:
         args.steps = min(args.steps, 2)
         args.sample_steps = min(args.sample_steps, 2)
-        args.sample_repeats = 1
+        args.sample_repeats = 4
+    caps = dict(zip(args.families, args.cap_gib)) if args.cap_gib else {f: CAPS_GIB[f] for f in args.families}
 
     C.setup(cpu=dry)
     import torch
@@ -91,7 +103,7 @@ def main():
 
         runs = {}
 
-        def run(t, schedule, **kw):
+        def run(t, schedule, label=None, cap_gib=0.0, **kw):
             base = vram_peak_reset()
             clock = StepClock()
 
@@ -99,22 +111,50 @@ def main():
                 sync()  # so each unit's timestamp includes its GPU work
                 clock(done, total)
 
-            with torch.inference_mode():
-                sync()
-                a, seconds = C.timed(attribute_with_budget, mp, pos, neg, C.empty_latent(latent_px),
-                                     objective="concept_gap", steps=t, guidance=3.0, seed=0, samples=1, scope="ff",
-                                     schedule=schedule, on_progress=progress, **kw)
-                sync()
+            if cuda and cap_gib:
+                torch.cuda.set_per_process_memory_fraction(
+                    min(1.0, cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory))
+            try:
+                with torch.inference_mode():
+                    sync()
+                    t0 = time.perf_counter()
+                    a = attribute_with_budget(mp, pos, neg, C.empty_latent(latent_px), objective="concept_gap",
+                                              steps=t, guidance=3.0, seed=0, samples=1, scope="ff", schedule=schedule,
+                                              on_progress=progress, **kw)
+                    sync()
+                    seconds = time.perf_counter() - t0
+            except torch.cuda.OutOfMemoryError as e:
+                log(f"  {schedule} T={t} under a {cap_gib:g} GiB cap: out of memory ({str(e)[:120]})")
+                runs[label or (t, schedule)] = {"oom": True, "cap_gib": cap_gib, "peak_vram": vram_peak()}
+                return None
+            finally:
+                if cuda and cap_gib:
+                    torch.cuda.set_per_process_memory_fraction(1.0)
+                    mm.soft_empty_cache()
             calls = {k: a.meta["unet_calls"][k] for k in ("forward_backward", "forward_no_grad")}
-            runs[(t, schedule)] = {"seconds": seconds, "calls": calls, "peak_vram": vram_peak(), "base_vram": base,
-                                   "steps": t, "schedule": schedule, "stamps": clock.stamps}
-            log(f"  {schedule:9s} T={t:3d}: {seconds:7.1f}s calls {calls} peak VRAM {C.mib(vram_peak())}")
+            stamps = clock.stamps
+            steady = statistics.median(b - a_ for a_, b in zip(stamps[1:], stamps[2:])) if len(stamps) > 2 else None
+            runs[label or (t, schedule)] = {
+                "seconds": seconds, "calls": calls, "peak_vram": vram_peak(), "base_vram": base, "steps": t,
+                "schedule": schedule, "stamps": stamps, "cap_gib": cap_gib, "oom": False,
+                "checkpointing": a.meta.get("gradient_checkpointing"),
+                "profile": {"setup_and_first_step_s": stamps[0] - t0 if stamps else None, "steady_step_s": steady,
+                            "after_last_step_s": t0 + seconds - stamps[-1] if stamps else None}}
+            log(f"  {label or schedule:9s} T={t:3d}: {seconds:7.1f}s calls {calls} peak VRAM {C.mib(vram_peak())} "
+                f"profile {runs[label or (t, schedule)]['profile']}")
             return a
 
         calib_t = 3 if dry else 4
+        floor = plain_step_seconds(mp, family, latent_px, pos, sync, repeats=2 if dry else 5)
+        log(f"  plain forward+backward+forward (torch autograd, no CAD): {floor:.3f} s")
         run(calib_t, "reference")
-        attribution = run(args.steps, "single")
-        cost = CostModel(list(runs.values()))
+        attribution = run(args.steps, "single", cap_gib=caps.get(family, 0.0))
+        if attribution is None:   # out of memory under the cap: measure time and peak without it
+            runs[("capped", family)] = runs.pop((args.steps, "single"))
+            attribution = run(args.steps, "single")
+        run(calib_t, "single", label="checkpointing off", gradient_checkpointing="off")
+        no_checkpointing = runs.pop("checkpointing off")
+        cost = CostModel([r for r in runs.values() if "stamps" in r])
         log("  unit costs:", cost.describe())
         ref_counts = stub_counts(args.steps, "reference")
         predicted = cost.predict(args.steps, "reference")
@@ -149,7 +189,7 @@ def main():
         plain_t, masked_t = [], []
         sample(mp)
         sample(patched)
-        for _ in range(args.sample_repeats):
+        for _ in range(args.sample_repeats):   # interleaved, each after a (re)load, so drift hits both alike
             sample(mp)
             plain_t.append(sample(mp))
             sample(patched)
@@ -159,11 +199,14 @@ def main():
             f"sampling {plain_med:.2f}s vs {masked_med:.2f}s")
 
         results["families"][family] = {
-            "px": px, "params": params, "scope_weights": scoped, "single": single,
+            "px": px, "params": params, "scope_weights": scoped, "single": single, "cap_gib": caps.get(family, 0.0),
+            "capped_oom": runs.get(("capped", family)), "no_checkpointing": no_checkpointing,
+            "plain_step_s": floor,
             "single_counts": sc, "reference_counts": ref_counts, "reference": reference,
             "unit_costs": {"visit_s": cost.visit, "guided_step_s": cost.guided, "fixed_s": cost.fixed,
                            "forward_backward_s": cost.forward_backward, "no_grad_forward_s": cost.no_grad_forward},
-            "vram": {"weights": weights_vram, "cad_grad_sums": 4 * scoped, "peak_single": single["peak_vram"]},
+            "vram": {"weights": weights_vram, "cad_grad_sums": 4 * scoped, "peak_single": single["peak_vram"],
+                     "peak_no_checkpointing": no_checkpointing.get("peak_vram")},
             "cpu_weight_copies": 4 * scoped,
             "apply": {"selected": mask.count, "select_s": select_s, "apply_s": apply_s, "patch_at_load_s": patch_s},
             "sampling": {"steps": args.sample_steps, "plain_s": plain_t, "masked_s": masked_t,
@@ -174,7 +217,7 @@ def main():
         mm.soft_empty_cache()
 
     # report
-    rows, mem_rows, apply_rows = [], [], []
+    rows, mem_rows, apply_rows, speed_rows = [], [], [], []
     for family, r in results["families"].items():
         s, ref = r["single"], r["reference"]
         calls_s = sum(r["single_counts"].values())
@@ -186,12 +229,24 @@ def main():
                      f"{ref['seconds']:.1f} s" + ("" if ref["measured"] else " (extrapolated)"),
                      f"{ref['seconds'] / s['seconds']:.1f}x"])
         v = r["vram"]
-        mem_rows.append([family, C.mib(v["weights"]), C.mib(v["cad_grad_sums"]), C.mib(v["peak_single"]),
-                         C.mib(v["peak_single"] - v["weights"] - v["cad_grad_sums"]), C.mib(r["cpu_weight_copies"])])
+        cap = r["cap_gib"]
+        within = ("n/a (dry run)" if dry else "not set" if not cap else f"{cap:g} GiB: " + (
+            "out of memory" if r["capped_oom"] else ("met" if v["peak_single"] <= cap * 2**30 else "exceeded")))
+        mem_rows.append([family, C.mib(v["weights"]), C.mib(v["cad_grad_sums"]), C.mib(v["peak_single"]), within,
+                         C.mib(v["peak_single"] - v["weights"] - v["cad_grad_sums"]),
+                         C.mib(v["peak_no_checkpointing"]), C.mib(r["cpu_weight_copies"])])
         a, sm = r["apply"], r["sampling"]
         apply_rows.append([family, f"{a['selected']:,}", f"{a['select_s']:.2f} s", f"{a['apply_s']:.3f} s",
-                           f"{a['patch_at_load_s']:.2f} s", f"{statistics.median(sm['plain_s']):.2f} s",
-                           f"{statistics.median(sm['masked_s']):.2f} s ({sm['overhead_pct']:+.1f}%)"])
+                           f"{a['patch_at_load_s']:.2f} s",
+                           f"{statistics.median(sm['plain_s']):.3f} s [{spread(sm['plain_s'])}]",
+                           f"{statistics.median(sm['masked_s']):.3f} s [{spread(sm['masked_s'])}] "
+                           f"({sm['overhead_pct']:+.1f}%)"])
+        p = s["profile"]
+        steady = p["steady_step_s"]
+        speed_rows.append([family, f"{s['seconds']:.2f} s", f"{p['setup_and_first_step_s']:.2f} s",
+                           "n/a" if steady is None else f"{steady:.3f} s", f"{p['after_last_step_s']:.2f} s",
+                           f"{r['plain_step_s']:.3f} s",
+                           "n/a" if steady is None else f"{steady / r['plain_step_s']:.2f}x"])
     title = "DRY RUN (CPU, reduced models; not a benchmark)" if dry else info.get("gpu", "GPU")
     report = "\n".join([
         f"# CAD attribution on a GPU: {title}\n",
@@ -199,10 +254,16 @@ def main():
         f"scope ff, concept_gap, guidance 3.\n",
         C.table(["model", "T", "single calls (fwd+bwd + fwd)", "reference calls", "calls ratio", "single wall",
                  "reference wall", "wall ratio"], rows), "",
-        C.table(["model", "weights (VRAM)", "CAD fp32 grad sums (VRAM)", "peak VRAM, single", "rest (activations + "
-                 "cast copies)", "probe weight copies (CPU RAM)"], mem_rows), "",
+        "Where the time goes (single schedule, default settings): the step against the same UNet's plain "
+        "forward+backward+forward (torch autograd on an ordinary copy, batch 1, no ComfyUI, no CAD).\n",
+        C.table(["model", "single wall", "set-up + first step", "steady step (median)", "after the last step",
+                 "plain fwd+bwd+fwd", "step / plain"], speed_rows), "",
+        C.table(["model", "weights (VRAM)", "CAD fp32 grad sums (VRAM)", "peak VRAM, single (default settings)",
+                 "memory cap", "rest (activations + cast copies)", "peak VRAM, gradient_checkpointing off",
+                 "probe weight copies (CPU RAM)"], mem_rows), "",
         C.table(["model", "mask weights", "build mask", "Apply CAD Mask", "patch at load",
-                 f"sampling {args.sample_steps} steps", "with mask"], apply_rows), ""])
+                 f"sampling {args.sample_steps} steps, {args.sample_repeats} calls: median [IQR]", "with mask"],
+                apply_rows), ""])
     print("\n" + report)
     os.makedirs(C.RESULTS, exist_ok=True)
     name = args.name or ("gpu_check_dry_run" if dry else "gpu_check_" + info.get("gpu", "gpu").split(",")[0].replace(" ", "_"))
@@ -211,6 +272,59 @@ def main():
     with open(os.path.join(C.RESULTS, name + ".json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     print(f"written to {os.path.join(C.RESULTS, name)}.md/.json")
+
+
+def spread(times):
+    """Interquartile range 'q1-q3 s' of timed calls."""
+    if len(times) < 4:
+        return f"{min(times):.3f}-{max(times):.3f} s"
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return f"{q1:.3f}-{q3:.3f} s"
+
+
+def plain_step_seconds(mp, family, latent_px, pos, sync, repeats=5):
+    """The hardware floor of one CAD step: the same UNet's forward+backward (gradients for its ff weights) plus
+    one no-grad forward, batch 1, in plain torch on an ordinary copy (median of `repeats` after a warm-up)."""
+    import copy
+    import torch
+    from cad_pack.cad_core import resolve_scope
+    from cad_pack.nodes.bridge import patchable_weights
+    scoped = {k.removeprefix("diffusion_model.") for k in resolve_scope(patchable_weights(mp), "ff")}
+    device = mp.load_device
+    with torch.inference_mode(False):
+        unet = copy.deepcopy(mp.model.diffusion_model).to(device)
+        for name, p in list(unet.named_parameters()):
+            owner = unet.get_submodule(name.rsplit(".", 1)[0]) if "." in name else unet
+            attr = name.rsplit(".", 1)[-1]
+            setattr(owner, attr, torch.nn.Parameter(p.detach().clone(), requires_grad=name in scoped))
+        dtype = next(unet.parameters()).dtype
+        x = torch.randn((1, 4, latent_px, latent_px), device=device, dtype=dtype)
+        t = torch.full((1,), 500.0, device=device)
+        context = pos[0][0].to(device, dtype).clone()
+        kw = {}
+        if getattr(unet, "num_classes", None) is not None:   # SDXL: the ADM vector's width from its first layer
+            kw["y"] = torch.randn((1, unet.label_emb[0][0].in_features), device=device, dtype=dtype)
+
+        def step():
+            out = unet(x, timesteps=t, context=context, **kw)
+            out.float().square().mean().backward()
+            with torch.no_grad():
+                unet(x, timesteps=t, context=context, **kw)
+            for p in unet.parameters():
+                p.grad = None
+
+        step()
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+    del unet
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
 from ..cad_core.objectives import objectives_help
 from .cad_types import CadAttribution
 from .bridge import attribute_with_budget, check_scope_regex
+from .bridge.checkpointing import CHECKPOINTING
 from .validation import check_choices, check_numbers
 from .ui_text import bounded
 
@@ -56,15 +57,22 @@ class CADAttribute(io.ComfyNode):
                              "state may take: 8 bytes per scoped weight (fp32 gradient sum + fp32 weight copy). A "
                              "larger scope is attributed in chunks, one pass per chunk over the same trajectories "
                              "(same result, one set of UNet calls per pass). Flux's ff scope needs ~58 GB unchunked."),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
+                               tooltip="Advanced. auto/on: each block keeps only its inputs during the differentiated "
+                               "forward and recomputes the rest in the backward pass: far less activation memory for "
+                               "about one extra forward per step; the scores are the same. Used for every model family "
+                               "with a preset (never for models without one). off: keep all activations."),
             ],
             outputs=[CadAttribution.Output(display_name="attribution",
                                            tooltip="Per-weight scores; connect to CAD Erase/Amplify Mask or Save.")],
         )
 
     @classmethod
-    def validate_inputs(cls, objective, scope, schedule, guidance=None, scope_regex=None):
+    def validate_inputs(cls, objective, scope, schedule, guidance=None, scope_regex=None,
+                        gradient_checkpointing="auto"):
         for problem in (check_choices(objective=(objective, OBJECTIVES), scope=(scope, SCOPE_PRESETS),
-                                      schedule=(schedule, SCHEDULES)),
+                                      schedule=(schedule, SCHEDULES),
+                                      gradient_checkpointing=(gradient_checkpointing, CHECKPOINTING)),
                         check_numbers(cls, guidance=guidance), check_scope_regex(scope_regex)):
             if problem is not True:
                 return problem
@@ -72,12 +80,13 @@ class CADAttribute(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, base, latent, objective, steps, guidance, seed, samples, scope, schedule,
-                scope_regex="", concept_latent=None, memory_budget_mb=0) -> io.NodeOutput:
+                scope_regex="", concept_latent=None, memory_budget_mb=0,
+                gradient_checkpointing="auto") -> io.NodeOutput:
         progress = comfy.utils.ProgressBar(steps)
         attribution = attribute_with_budget(
             model, positive, base, latent, objective=objective, steps=steps, guidance=guidance, seed=seed,
             samples=samples, scope=scope, scope_regex=scope_regex or "", schedule=schedule,
             concept_latent=concept_latent, memory_budget_mb=memory_budget_mb or 0,
-            on_progress=lambda done, total: progress.update_absolute(done, total))
+            gradient_checkpointing=gradient_checkpointing or "auto", on_progress=lambda done, total: progress.update_absolute(done, total))
         return io.NodeOutput(attribution, ui=bounded({"cad_summary": [attribution.summary()],
                                                       "text": [attribution.summary_text()]}))

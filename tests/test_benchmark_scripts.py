@@ -31,3 +31,13 @@ def test_gpu_check_script_dry_run(tmp_path):
     run_script(tmp_path, "benchmarks/gpu_check.py", "--dry-run", "--name", "gpu")
     report = (tmp_path / "gpu.md").read_text()
     assert "| sd15" in report and "| sdxl" in report
+    for column in ("plain fwd+bwd+fwd", "step / plain", "memory cap", "peak VRAM, gradient_checkpointing off",
+                   "median [IQR]"):
+        assert column in report, column
+
+
+def test_checkpointing_cost_script_runs_on_a_reduced_unet(tmp_path):
+    run_script(tmp_path, "benchmarks/checkpointing_cost.py", "--tiny", "--latent", "8", "--steps", "2", "--threads", "1",
+               "--name", "ck")
+    report = (tmp_path / "ck.md").read_text()
+    assert "| off | no |" in report and "| on | yes |" in report

@@ -13,6 +13,7 @@ from ...cad_core.attribution import check_not_all_zero
 from ...cad_core.scopes import scope_notice
 from ...cad_core.budget import MB, join_chunks, plan_chunks, scope_bytes
 from ...cad_core.trajectory import loss_scale_for
+from .checkpointing import blocks_checkpointed, wants_checkpointing
 from .differentiable import (differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters,
                              saved_tensor_copies)
 from .model_info import (check_conditioning, compute_dtype_of, fingerprint_of, parameterization_of,
@@ -30,10 +31,12 @@ class AttributionSampler(comfy.samplers.Sampler):
     patcher: the gradient clone whose CAD wrappers must be on its modules once ComfyUI has loaded it.
     private_saves: every tensor autograd saves during a differentiated forward is a private copy (models that
     update a tensor in place after saving it, see saved_tensor_copies).
+    checkpointing: differentiated forwards keep only each block's inputs and recompute the rest in the backward
+    pass (checkpointing.py).
     """
 
-    def __init__(self, run, patcher=None, private_saves=False):
-        self.run, self.patcher, self.private_saves = run, patcher, private_saves
+    def __init__(self, run, patcher=None, private_saves=False, checkpointing=False):
+        self.run, self.patcher, self.private_saves, self.checkpointing = run, patcher, private_saves, checkpointing
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -57,27 +60,31 @@ class AttributionSampler(comfy.samplers.Sampler):
 
         # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward; so
         # are the parameters outside comfy ops (DiT RMSNorm scales), which no weight wrapper reaches.
-        with ordinary_copies_of_plain_parameters(inner.diffusion_model):
+        with ordinary_copies_of_plain_parameters(inner.diffusion_model), \
+                blocks_checkpointed(inner.diffusion_model, self.checkpointing):
             return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
 
 
 def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
                     scope_regex="", schedule="single", concept_latent=None, on_progress=None, source=None,
-                    keys=None):
+                    keys=None, gradient_checkpointing="auto"):
     """CAD attribution of `model` for the concept in `positive` against `base`; never modifies `model`.
 
     source: the differentiable_source of `model` when the caller runs several passes (chunks) over it.
     keys: the part of the scope this pass scores (a chunk, from attribute_with_budget); default: all of it.
+    gradient_checkpointing: "auto", "on" or "off" (checkpointing.py); the scores are the same either way.
     """
     if source is None:
         with differentiable_source(model) as own_source:
             return attribute_model(model, positive, base, latent, objective=objective, steps=steps, guidance=guidance,
                                    seed=seed, samples=samples, scope=scope, scope_regex=scope_regex,
                                    schedule=schedule, concept_latent=concept_latent, on_progress=on_progress,
-                                   source=own_source, keys=keys)
+                                   source=own_source, keys=keys, gradient_checkpointing=gradient_checkpointing)
+    checkpointing = wants_checkpointing(gradient_checkpointing, [k for k, _ in patchable_weights(model)])
     run = dict(model=model, positive=positive, base=base, latent=latent, objective=objective, steps=steps,
                guidance=guidance, seed=seed, samples=samples, scope=scope, scope_regex=scope_regex, schedule=schedule,
-               concept_latent=concept_latent, on_progress=on_progress, source=source, keys=keys)
+               concept_latent=concept_latent, on_progress=on_progress, source=source, keys=keys,
+               checkpointing=checkpointing)
     try:
         return _attribution_pass(**run, private_saves=False)
     except RuntimeError as e:
@@ -89,11 +96,13 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
     # tensor (more memory for activations, same scores).
     logging.info("CAD: this model updates tensors in place during its forward pass; attributing again with "
                  "private copies of the tensors autograd saves.")
-    return _attribution_pass(**run, private_saves=True)
+    # Checkpointing cannot see such updates in its recomputation; families with records do not make them.
+    return _attribution_pass(**{**run, "checkpointing": False}, private_saves=True)
 
 
 def _attribution_pass(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
-                      scope_regex, schedule, concept_latent, on_progress, source, keys, private_saves):
+                      scope_regex, schedule, concept_latent, on_progress, source, keys, private_saves,
+                      checkpointing):
     available = patchable_weights(model)
     whole_scope = keys is None    # a chunk's scores may all be 0; attribute_with_budget checks the joined ones
     keys = resolve_scope(available, scope, scope_regex, bounded_matcher) if keys is None else list(keys)
@@ -130,6 +139,7 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
                 on_progress=on_progress, fingerprint=fingerprint, refuse_all_zero=whole_scope,
                 meta={"scope": scope, "scope_regex": scope_regex, "seed": seed, **({"scope_notice": notice} if notice else {}),
                       "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
+                      "gradient_checkpointing": checkpointing,
                       "latent_shape": list(latent_image.shape)})
             return processed_latent
 
@@ -140,7 +150,7 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
             start = images if images is not None else latent_image
             noise = torch.zeros_like(start)
             with probes_must_see_their_modules(grad_model, probes):
-                guider.sample(noise, start, AttributionSampler(run, grad_model, private_saves), sigmas, seed=seed,
+                guider.sample(noise, start, AttributionSampler(run, grad_model, private_saves, checkpointing), sigmas, seed=seed,
                               disable_pbar=True)
         finally:
             remove_cad_wrappers(grad_model)

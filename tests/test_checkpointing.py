@@ -1,0 +1,103 @@
+"""Per-block gradient checkpointing (nodes/bridge/checkpointing.py): the same alpha with it as without, for every
+family, with and without chunks; it really keeps fewer activations; models without a family record never use it."""
+import pytest
+import torch
+
+from cad_pack.cad_core import CADError, resolve_scope
+from cad_pack.cad_core.families import detect_family
+from cad_pack.nodes.bridge import attribute_with_budget, patchable_weights
+from cad_pack.nodes.bridge.checkpointing import checkpoint_units
+
+from family_models import FAMILIES, NO_PRESET, build, conditioning, family_latent
+
+STEPS, SEED = 3, 7
+
+
+def attribute(mp, family, setting, scope="ff", **kw):
+    with torch.inference_mode():
+        return attribute_with_budget(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0],
+                                     objective="concept_gap", steps=STEPS, guidance=3.0, seed=SEED, samples=1,
+                                     scope=scope, gradient_checkpointing=setting, **kw)
+
+
+def assert_same_scores(a, b, rtol=1e-5):
+    assert list(a.scores) == list(b.scores)
+    for k in a.scores:
+        scale = a.scores[k].abs().max().item()
+        torch.testing.assert_close(b.scores[k], a.scores[k], rtol=rtol, atol=1e-12 + rtol * scale, msg=k)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpointing_gives_the_same_alpha(family):
+    mp = build(family, seed=3, scale=0.1)
+    plain, checkpointed = attribute(mp, family, "off"), attribute(mp, family, "on")
+    assert plain.meta["gradient_checkpointing"] is False and checkpointed.meta["gradient_checkpointing"] is True
+    assert sum(bool(s.any()) for s in plain.scores.values()) >= len(plain.scores) // 2
+    assert_same_scores(plain, checkpointed)
+
+
+def test_checkpointing_with_chunks_gives_the_one_pass_alpha():
+    mp = build("sd15", seed=3, scale=0.1)
+    one_pass = attribute(mp, "sd15", "off")
+    largest = max(s.numel() for s in one_pass.scores.values()) * 8 / 2**20
+    chunked = attribute(mp, "sd15", "on", memory_budget_mb=largest * 1.5)
+    assert chunked.meta["passes"] >= 2 and chunked.meta["gradient_checkpointing"] is True
+    assert_same_scores(one_pass, chunked)
+
+
+class SavedBytes:
+    """Bytes autograd saves for backward outside checkpointed blocks: the activations a run keeps alive."""
+
+    def __init__(self):
+        self.total = 0
+
+    def __enter__(self):
+        def pack(t):
+            self.total += t.numel() * t.element_size()
+            return t
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.hooks.__exit__(*exc)
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux", "wan22"])
+def test_checkpointing_keeps_far_fewer_activations(family):
+    mp = build(family, seed=3, scale=0.1)
+    with SavedBytes() as plain:
+        attribute(mp, family, "off")
+    with SavedBytes() as checkpointed:
+        attribute(mp, family, "auto")
+    assert plain.total > 0
+    assert checkpointed.total < 0.5 * plain.total, (checkpointed.total, plain.total)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_block_of_a_family_is_a_checkpoint_unit(family):
+    mp = build(family, seed=3, scale=0.1)
+    diffusion_model = mp.model.diffusion_model
+    units = [name for name, _ in checkpoint_units(diffusion_model)]
+    assert units and len(set(units)) == len(units)
+    assert not any(a.startswith(b + ".") for a in units for b in units)      # no unit inside another
+    # every weight the ff and attention presets select lives inside a checkpointed unit
+    preset = resolve_scope(patchable_weights(mp), "ff") + resolve_scope(patchable_weights(mp), "attention")
+    outside = [k for k in preset if not any(k.removeprefix("diffusion_model.").startswith(u + ".") for u in units)]
+    assert preset and not outside, outside[:3]
+    if family == "sd15":   # UNet blocks are TimestepEmbedSequentials, run layer by layer: their layers are the units
+        assert "input_blocks.1.0" in units and "input_blocks.1.1" in units and "middle_block.1" in units
+
+
+@pytest.mark.parametrize("family", NO_PRESET)
+def test_models_without_a_record_are_never_checkpointed(family, caplog):
+    mp = build(family, seed=3, scale=0.1)
+    assert detect_family(k for k, _ in patchable_weights(mp)) is None
+    result = attribute(mp, family, "on", scope="ff+attention")
+    assert result.meta["gradient_checkpointing"] is False
+    assert "only used for model families with a record" in caplog.text
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(CADError, match="gradient_checkpointing must be one of auto, on, off"):
+        attribute(build("sd15", seed=3, scale=0.1), "sd15", "sometimes")
