@@ -47,9 +47,17 @@ examples: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-# Attribution cost on the full-size SD1.5 UNet on CPU (~20 min): benchmarks/results/attribution_cost_cpu.md
+# Every CPU figure the README's performance section quotes (~25 min on 2 cores), into benchmarks/results/:
+# attribution cost on the full-size SD1.5 UNet (attribution_cost_cpu.md), gradient checkpointing at 64 and 512 px
+# (checkpointing_cost_cpu.md), sampling with a mask and the LoRA file size (apply_cost_cpu.md), fewer timesteps on
+# the toy world (steps_study.md), fingerprint cost (fingerprint_cost_cpu.md), full-size family costs (family_cost.md)
 bench: setup
 	$(PY) benchmarks/attribution_cost.py
+	$(PY) benchmarks/checkpointing_cost.py
+	$(PY) benchmarks/apply_cost.py
+	$(PY) benchmarks/steps_study.py
+	$(PY) benchmarks/fingerprint_cost.py
+	$(PY) benchmarks/family_cost.py
 
 # The same at 512/1024 px, fp16, T=50 on a CUDA GPU (~10 min on an H100): benchmarks/results/gpu_check_*.md
 bench-gpu: setup

@@ -188,6 +188,15 @@ def table(headers, rows) -> str:
     return "\n".join(lines)
 
 
+def spread(times) -> str:
+    """Interquartile range 'q1-q3 s' of timed calls (min-max below 4 calls)."""
+    import statistics
+    if len(times) < 4:
+        return f"{min(times):.3f}-{max(times):.3f} s"
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return f"{q1:.3f}-{q3:.3f} s"
+
+
 def mib(n_bytes) -> str:
     return f"{n_bytes / 2 ** 20:,.0f} MiB"
 

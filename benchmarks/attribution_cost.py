@@ -182,7 +182,13 @@ class Model:
 
     @property
     def cad_state(self):
-        """Bytes of CAD's scoped state: fp32 gradient sums + fp32 weight copies."""
+        """Bytes of CAD's scoped state in this run: the fp32 gradient sums (an fp32 model computes with the weights
+        it holds, so the probes keep references to them, not copies)."""
+        return self.scoped * 4
+
+    @property
+    def budget_state(self):
+        """What memory_budget_mb counts for the scope (8 B/weight: room for weight copies where a model casts)."""
         from cad_pack.cad_core.budget import BYTES_PER_SCOPED_WEIGHT
         return self.scoped * BYTES_PER_SCOPED_WEIGHT
 
@@ -294,15 +300,25 @@ def apply_cost(mp, calib, ratio, log):
     return {"mask": mask, "patched": patched, "select_s": select_s, "apply_s": apply_s, "patch_s": patch_s}
 
 
-def file_sizes(calib, mask, scoped):
-    """6. Sizes of the saved attribution and mask files, and their headers (size minus 4 bytes per value)."""
+def file_sizes(calib, mask, scoped, mp=None):
+    """6. Sizes of the saved attribution and mask files, and their headers (size minus 4 bytes per value); with
+    the model, also of the mask exported as a LoRA (Save CAD Mask as LoRA)."""
     from cad_pack.cad_core import save_attribution, save_mask
     with tempfile.TemporaryDirectory() as tmp:
         a_path = save_attribution(calib, os.path.join(tmp, "a.safetensors"))
         m_path = save_mask(mask, os.path.join(tmp, "m.safetensors"))
         a_size, m_size = os.path.getsize(a_path), os.path.getsize(m_path)
+        lora = None
+        if mp is not None:
+            from cad_pack.cad_core.export import save_lora
+            from cad_pack.nodes.bridge.export import lora_from_mask
+            tensors = lora_from_mask(mp, mask)
+            l_path = save_lora(tensors, os.path.join(tmp, "l.safetensors"), mask)
+            lora = {"bytes": os.path.getsize(l_path), "matrices": len(tensors),
+                    "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
+            del tensors
     return {"attribution": a_size, "mask": m_size, "attribution_header": a_size - 4 * scoped,
-            "mask_header": m_size - 4 * mask.count}
+            "mask_header": m_size - 4 * mask.count, "lora": lora}
 
 
 def sampling_times(mp, patched, pos, neg, args, log):
@@ -371,19 +387,12 @@ def memory_table(args, model, runs):
         ["process before the model", C.mib(model.rss0)],
         [f"model weights (fp32, {model.params / 1e6:.1f}M params; RSS growth at build)",
          f"{C.mib(weights_bytes)} ({C.mib(model.rss_model - model.rss0)})"],
-        ["CAD scoped state: fp32 gradient sums + fp32 weight copies (ff scope, 8 B/weight)", C.mib(model.cad_state)],
+        ["CAD scoped state: fp32 gradient sums (ff scope, 4 B/weight; no weight copies: the probes keep references "
+         "to the fp32 weights the model computes with)", C.mib(model.cad_state)],
         [f"peak RSS, single schedule T={args.memory_steps}", C.mib(single_peak)],
         ["rest: activations + cast weight copies autograd holds for backward", C.mib(rest)],
         ["gradient buffers outside the scope", "none (no parameter has .grad or requires_grad after the run)"],
     ])
-
-
-def spread(times):
-    """Interquartile range of the timed calls, 'q1-q3 s'."""
-    if len(times) < 4:
-        return f"{min(times):.3f}-{max(times):.3f} s"
-    q1, _, q3 = statistics.quantiles(times, n=4)
-    return f"{q1:.3f}-{q3:.3f} s"
 
 
 def apply_table(args, ratio, applied, plain_t, masked_t):
@@ -395,8 +404,8 @@ def apply_table(args, ratio, applied, plain_t, masked_t):
         ["Apply CAD Mask (clone + add_patches, fingerprint check)", f"{applied['apply_s']:.3f} s"],
         ["ComfyUI patching the weights at the next load (once per model switch)", f"{applied['patch_s']:.2f} s"],
         [f"sampling {args.sample_steps} step(s) (cfg 7.5, euler), {len(plain_t)} timed calls each, median "
-         f"[interquartile range] / min: without mask", f"{plain_med:.3f} s [{spread(plain_t)}] / {plain_min:.3f} s"],
-        ["... with mask", f"{masked_med:.3f} s [{spread(masked_t)}] ({100 * (masked_med / plain_med - 1):+.1f}%) / "
+         f"[interquartile range] / min: without mask", f"{plain_med:.3f} s [{C.spread(plain_t)}] / {plain_min:.3f} s"],
+        ["... with mask", f"{masked_med:.3f} s [{C.spread(masked_t)}] ({100 * (masked_med / plain_med - 1):+.1f}%) / "
                           f"{masked_min:.3f} s ({100 * (masked_min / plain_min - 1):+.1f}%)"],
     ])
 
@@ -412,6 +421,9 @@ def files_table(params, ratio, mask, files, sizes):
         [f"erase mask, per_row ratio {ratio} (int32 flat indices)",
          f"{files['mask'] / 1024:,.0f} KiB measured ({mask.count:,} indices)",
          f"<= {sizes['sdxl']['mask_max'] / 1024:,.0f} KiB computed (<= {sizes['sdxl']['selected_max']:,} indices)"],
+        *([[f"that mask as a LoRA (Save CAD Mask as LoRA: a full diff per touched matrix, in the weights' dtype)",
+            f"{C.mib(files['lora']['bytes'])} measured ({files['lora']['matrices']} matrices, {files['lora']['dtype']}; "
+            f"fp16 weights give half)", "not computed"]] if files.get("lora") else []),
     ])
 
 
@@ -469,10 +481,10 @@ def main():
     plain_fwd = plain_forward_seconds(model.mp, pos, args.latent, log)
     sched = ScheduleRuns(model.mp, pos, neg, args.latent, counts, log)
     calib, cost = measure_schedules(sched, args, deadline)
-    chunk_rows = chunking_rows(model.mp, pos, neg, args, model.cad_state, log)
+    chunk_rows = chunking_rows(model.mp, pos, neg, args, model.budget_state, log)
     ratio = 0.05 if args.tiny else 0.001   # per_row at 0.001 selects nothing in rows narrower than 1000
     applied = apply_cost(model.mp, calib, ratio, log)
-    files = file_sizes(calib, applied["mask"], model.scoped)
+    files = file_sizes(calib, applied["mask"], model.scoped, model.mp)
     plain_t, masked_t = sampling_times(model.mp, applied["patched"], pos, neg, args, log)
     sizes = family_sizes(ratio, files, len(model.scope), log)
 

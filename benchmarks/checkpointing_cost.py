@@ -1,11 +1,11 @@
 """What per-block gradient checkpointing saves and costs: the full-size SD1.5 UNet (random weights, fp32, CPU).
 
-    .venv/bin/python benchmarks/checkpointing_cost.py [--latent 64] [--steps 2]
+    .venv/bin/python benchmarks/checkpointing_cost.py [--latent 8 64] [--steps 2]
 
 Each setting runs in a fresh child process (so one run's freed memory does not hide the next one's peak) through
 the node path (bridge.attribute_with_budget, ff scope, concept_gap): peak RSS above the loaded model, wall time,
 the bytes autograd saved for backward outside checkpointed blocks, and whether alpha equals the run without
-checkpointing. Writes benchmarks/results/<name>.md.
+checkpointing; for `auto`, what it decided on this machine and from which estimate. Writes benchmarks/results/<name>.md.
 """
 import argparse
 import json
@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-SETTINGS = ("off", "on")
+SETTINGS = ("off", "on", "auto")
 
 
 def child(args):
@@ -28,7 +28,8 @@ def child(args):
         torch.set_num_threads(args.threads)
     from cad_pack.nodes.bridge import attribute_with_budget
     mp = C.build_unet("sd15", torch.float32, tiny=args.tiny)
-    pos, base = C.conditioning("sd15", 1, args.latent * 8), C.conditioning("sd15", 2, args.latent * 8)
+    latent = args.latent[0]
+    pos, base = C.conditioning("sd15", 1, latent * 8), C.conditioning("sd15", 2, latent * 8)
     model_rss = C.rss()
     saved = {"bytes": 0}
 
@@ -38,22 +39,26 @@ def child(args):
 
     with torch.inference_mode(), C.PeakRSS() as mem, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         start = time.perf_counter()
-        result = attribute_with_budget(mp, pos, base, C.empty_latent(args.latent), objective="concept_gap",
+        result = attribute_with_budget(mp, pos, base, C.empty_latent(latent), objective="concept_gap",
                                        steps=args.steps, guidance=3.0, seed=0, samples=1, scope="ff",
                                        gradient_checkpointing=args.setting)
         seconds = time.perf_counter() - start
     torch.save(result.scores, args.scores)
     print(json.dumps({"setting": args.setting, "seconds": seconds, "peak_above_model": mem.peak - model_rss,
                       "model_rss": model_rss, "saved_bytes": saved["bytes"], "calls": result.meta["unet_calls"],
-                      "checkpointed": result.meta["gradient_checkpointing"], "machine": C.machine()}))
+                      "checkpointed": result.meta["gradient_checkpointing"],
+                      "estimate_mb": result.meta.get("activation_estimate_mb"),
+                      "reason": result.meta.get("checkpointing_reason"),
+                      "free_mb": result.meta.get("free_memory_mb"), "machine": C.machine()}))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px)")
+    ap.add_argument("--latent", type=int, nargs="+", default=[8, 64], help="latent sides (8 = 64 px, 64 = 512 px)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--tiny", action="store_true", help="reduced UNet (a dry run of the script)")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--name", default="checkpointing_cost_cpu")
     ap.add_argument("--setting", help=argparse.SUPPRESS)
     ap.add_argument("--scores", help=argparse.SUPPRESS)
@@ -62,53 +67,67 @@ def main():
         return child(args)
 
     import tempfile
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for setting in SETTINGS:
-            scores = os.path.join(tmp, f"{setting}.pt")
-            cmd = [sys.executable, __file__, "--latent", str(args.latent), "--steps", str(args.steps), "--threads",
-                   str(args.threads), "--setting", setting, "--scores", scores] + (["--tiny"] if args.tiny else [])
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode:
-                sys.exit(f"the '{setting}' run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-            runs[setting] = json.loads(done.stdout.strip().splitlines()[-1])
-            runs[setting]["scores"] = __import__("torch").load(scores)
-            print(f"{setting:4s}: {runs[setting]['seconds']:.1f} s, peak above model "
-                  f"{C.mib(runs[setting]['peak_above_model'])}", flush=True)
-
     import torch
-    off, on = runs["off"], runs["on"]
-    worst = max(float((on["scores"][k] - off["scores"][k]).abs().max() / off["scores"][k].abs().max().clamp(min=1e-30))
-                for k in off["scores"])
-    identical = all(torch.equal(on["scores"][k], off["scores"][k]) for k in off["scores"])
-    rows = [[s, "yes" if runs[s]["checkpointed"] else "no", f"{runs[s]['seconds']:.1f} s",
-             C.mib(runs[s]["peak_above_model"]), C.mib(runs[s]["saved_bytes"]),
-             f"{runs[s]['calls']['forward_backward']} + {runs[s]['calls']['forward_no_grad']}"] for s in SETTINGS]
-    m = off["machine"]
+    sections, machine = [], None
+    for latent in args.latent:
+        runs = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for setting in args.settings:
+                scores = os.path.join(tmp, f"{setting}.pt")
+                cmd = [sys.executable, __file__, "--latent", str(latent), "--steps", str(args.steps), "--threads",
+                       str(args.threads), "--setting", setting, "--scores", scores] + (["--tiny"] if args.tiny else [])
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode:
+                    sys.exit(f"the '{setting}' run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+                runs[setting] = json.loads(done.stdout.strip().splitlines()[-1])
+                runs[setting]["scores"] = torch.load(scores)
+                print(f"{latent * 8} px {setting:4s}: {runs[setting]['seconds']:.1f} s, peak above model "
+                      f"{C.mib(runs[setting]['peak_above_model'])}", flush=True)
+        machine = runs["off"]["machine"]
+        sections.append(section(latent, args, runs))
     size = "reduced (--tiny)" if args.tiny else "full-size"
+    m = machine
     report = "\n".join([
-        f"# Gradient checkpointing: {size} SD1.5 UNet, {args.latent * 8} px, T={args.steps}, ff scope, CPU fp32",
-        "",
+        f"# Gradient checkpointing: {size} SD1.5 UNet, T={args.steps}, ff scope, CPU fp32", "",
         f"Written by `benchmarks/checkpointing_cost.py` on {time.strftime('%Y-%m-%d')}; {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']} ({m['torch_threads']} threads), ComfyUI {m['comfyui']}, load average {m['load_average']}. "
-        f"Each setting in its own process; model RSS {C.mib(off['model_rss'])}.",
-        "",
-        C.table(["gradient_checkpointing", "blocks checkpointed", "wall (whole attribution)",
-                 "peak RSS above the loaded model", "saved for backward (sum over the run)",
-                 "fwd+bwd + no-grad calls"], rows),
-        "",
-        f"Peak memory with checkpointing: {on['peak_above_model'] / max(off['peak_above_model'], 1):.2f}x of without; "
-        f"wall time {on['seconds'] / off['seconds']:.2f}x. alpha: "
-        + ("bit-identical." if identical else f"largest difference {worst:.2g} of the largest |alpha| (float rounding)."),
-        "",
+        f"Each setting in its own process.", "", *sections,
         "'Saved for backward' counts what autograd keeps outside the checkpointed blocks (block inputs and the "
         "layers outside blocks), summed over the run's differentiated forwards; peak RSS also holds CAD's own state "
-        "(fp32 gradient sums and weight copies of the scope) and the weight copies ComfyUI casts.",
+        "(the fp32 gradient sums of the scope: this fp32 model's probes read its weights in place, no copies) and the "
+        "weight copies ComfyUI casts. Wall times of single short runs on a shared machine are noisy (tens of percent).",
         ""])
     os.makedirs(C.RESULTS, exist_ok=True)
     with open(os.path.join(C.RESULTS, f"{args.name}.md"), "w") as f:
         f.write(report)
     print(report)
+
+
+def section(latent, args, runs):
+    import torch
+    off, on = runs["off"], runs["on"]
+    worst = max(float((on["scores"][k] - off["scores"][k]).abs().max() / off["scores"][k].abs().max().clamp(min=1e-30))
+                for k in off["scores"])
+    identical = all(torch.equal(on["scores"][k], off["scores"][k]) for k in off["scores"])
+
+    def decided(s):
+        r = runs[s]
+        if r["estimate_mb"] is None:
+            return ("yes" if r["checkpointed"] else "no") + (f" ({r['reason']})" if r.get("reason") else "")
+        return (f"{'yes' if r['checkpointed'] else 'no'} (autograd would keep ~{r['estimate_mb']:,} MiB, "
+                f"{r['free_mb']:,} MiB free)")
+
+    rows = [[s, decided(s), f"{r['seconds']:.1f} s", C.mib(r["peak_above_model"]), C.mib(r["saved_bytes"]),
+             f"{r['calls']['forward_backward']} + {r['calls']['forward_no_grad']}"] for s, r in runs.items()]
+    return "\n".join([
+        f"## {latent * 8} px (latent {latent}x{latent}); model RSS {C.mib(off['model_rss'])}", "",
+        C.table(["gradient_checkpointing", "blocks checkpointed", "wall (whole attribution)",
+                 "peak RSS above the loaded model", "saved for backward (sum over the run)",
+                 "fwd+bwd + no-grad calls"], rows), "",
+        f"With checkpointing: peak memory {on['peak_above_model'] / max(off['peak_above_model'], 1):.2f}x, wall time "
+        f"{on['seconds'] / off['seconds']:.2f}x of without. alpha: "
+        + ("bit-identical." if identical else f"largest difference {worst:.2g} of the largest |alpha| (float rounding)."),
+        ""])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Memory budget for attribution: split a scope into chunks attributed in successive passes.
 
-Per scoped weight, attribution holds an fp32 gradient sum (on the model's device) and the fp32 copy of
-the weight its probe keeps for alpha = w * dJ/dw: 8 bytes per weight. Flux's feed-forward scope (about
+Per scoped weight, attribution holds an fp32 gradient sum (on the model's device) and, when the forward computes
+with a weight the module does not hold itself (cast to another dtype or device, patched at cast time), an fp32
+copy of it for alpha = w * dJ/dw: at most 8 bytes per weight, which the budget counts. Flux's feed-forward scope (about
 7.2e9 weights) needs about 58 GB of that, far more than a 24 GB GPU has next to the model. With a budget, the
 scope is cut, in model order, into chunks whose state fits; each chunk is attributed by its own pass over
 the same trajectories (same seed, same noise, same model), and the per-chunk scores are joined. A weight's
@@ -14,7 +15,7 @@ from typing import Sequence
 from .attribution import Attribution
 from .errors import CADError
 
-BYTES_PER_SCOPED_WEIGHT = 8  # fp32 gradient accumulator + fp32 weight copy
+BYTES_PER_SCOPED_WEIGHT = 8  # fp32 gradient accumulator + fp32 weight copy (the most a weight can need)
 MB = 1 << 20
 
 

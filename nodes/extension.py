@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension
 from .apply_node import ApplyCADMask
 from .attribute_node import CADAttribute
 from .demo_model_node import CADDemoModel
+from .export_node import CADSaveMaskAsLoRA
 from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
 from .map_node import CADAttributionMap
 from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
@@ -13,7 +14,8 @@ from .sum_node import CADSumAttributions
 from .verify_node import CADVerify
 
 NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADSumAttributions, CADVerify,
-         CADAttributionMap, CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADDemoModel]
+         CADAttributionMap, CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADSaveMaskAsLoRA,
+         CADDemoModel]
 
 
 class CADExtension(ComfyExtension):

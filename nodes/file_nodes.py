@@ -18,8 +18,8 @@ def cad_files() -> list[str]:
     return [f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(".safetensors")]
 
 
-def prefix_problem(filename_prefix) -> str | None:
-    """Why a filename_prefix cannot name a file in models/cad/, or None."""
+def prefix_problem(filename_prefix, folder: str = FOLDER) -> str | None:
+    """Why a filename_prefix cannot name a file in models/<folder>/, or None."""
     if not isinstance(filename_prefix, str):
         return f"filename_prefix must be text, got {type(filename_prefix).__name__}."
     shown = repr(filename_prefix if len(filename_prefix) <= 80 else filename_prefix[:80] + "…")
@@ -29,7 +29,7 @@ def prefix_problem(filename_prefix) -> str | None:
                 f"may hold. Use letters, digits, '_', '-' and '/' for subfolders, e.g. 'cad/cat_erase'.")
     parts = filename_prefix.replace("\\", "/").split("/")
     if os.path.isabs(filename_prefix) or ".." in parts:
-        return (f"filename_prefix {shown} must be a relative name inside models/{FOLDER}/ (no absolute paths, "
+        return (f"filename_prefix {shown} must be a relative name inside models/{folder}/ (no absolute paths, "
                 f"no '..'), e.g. 'cad/cat_erase'.")
     if not parts[-1].strip(". "):
         return (f"filename_prefix {shown} has no file name (it is empty or only dots), so the file would be hidden "
@@ -37,13 +37,14 @@ def prefix_problem(filename_prefix) -> str | None:
     return None
 
 
-def save_new_file(filename_prefix: str, write) -> str:
-    """write(path) into a new numbered file for the prefix inside models/cad, never over an existing one: the
-    counter moves on while a name is taken (cad_core's writers create files exclusively)."""
-    problem = prefix_problem(filename_prefix)
+def save_new_file(filename_prefix: str, write, folder: str = FOLDER) -> str:
+    """write(path) into a new numbered file for the prefix inside models/<folder> (ComfyUI's first path for that
+    model folder), never over an existing one: the counter moves on while a name is taken (cad_core's writers
+    create files exclusively)."""
+    problem = prefix_problem(filename_prefix, folder)
     if problem:
         raise CADError(problem)
-    root = os.path.abspath(folder_paths.get_folder_paths(FOLDER)[0])
+    root = os.path.abspath(folder_paths.get_folder_paths(folder)[0])
     try:
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
     except Exception as e:  # ComfyUI raises a bare Exception for paths outside the folder
@@ -54,7 +55,7 @@ def save_new_file(filename_prefix: str, write) -> str:
             return write(os.path.join(folder, f"{name}_{number:05}_.safetensors"))
         except FileExistsError:
             continue
-    raise CADError(f"models/{FOLDER}/ already holds 100,000 files named '{name}_NNNNN_': choose another prefix.")
+    raise CADError(f"models/{folder}/ already holds 100,000 files named '{name}_NNNNN_': choose another prefix.")
 
 
 def _saved_ui(path):

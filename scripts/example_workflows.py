@@ -17,6 +17,9 @@ TARGET, PROTECTED = "cross", "square"
 SAVED_PREFIX = "examples/toy_cross"
 # What Save CAD Attribution writes the first time into an empty models/cad/, and Load then reads.
 SAVED_FILE = SAVED_PREFIX + "_00001_.safetensors"
+# What Save CAD Mask as LoRA writes the first time into an empty models/loras/, and LoraLoaderModelOnly then reads.
+LORA_PREFIX = "cad_examples/toy_cross_erase"
+LORA_FILE = LORA_PREFIX + "_00001_.safetensors"
 # The demo: erase the target, amplify it back, each prompt sampled with every branch's model and saved.
 DEMO_NAME = "cad_demo_erase_amplify"
 DEMO_PROMPTS = ("a red cross", "a blue cross", "a green circle", "a yellow triangle")
@@ -213,6 +216,34 @@ def load_attribution():
     return Example("cad_4b_load_attribution", g.graph, note, rows)
 
 
+def export_lora():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
+    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    erased = _erase(g, model, attribution)
+    g.add(17, "CADSaveMaskAsLoRA", "Save CAD Mask as LoRA", model=model, mask=["11", 0], filename_prefix=LORA_PREFIX)
+    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    note = (f"# Export the erase as a LoRA (step 1 of 2)\nSave CAD Mask as LoRA writes the mask's edit to "
+            f"models/loras/{LORA_PREFIX}_NNNNN_.safetensors: for each matrix the mask touches, a full 'diff' that "
+            f"is minus the weight on the masked entries. Any LoRA loader then applies the erase without the CAD "
+            f"nodes. Run this, then open cad_5b_load_lora.")
+    return Example("cad_5a_export_lora", g.graph, note, rows)
+
+
+def load_lora():
+    g = GraphBuilder()
+    model, clip, vae, empty, one, many = _toy_model(g)
+    erased = g.add(10, "LoraLoaderModelOnly", "Load LoRA (core)", model=model, lora_name=LORA_FILE,
+                   strength_model=1.0)
+    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    note = (f"# Load the exported erase with core's LoRA loader (step 2 of 2)\nRun cad_5a_export_lora first: it "
+            f"writes models/loras/{LORA_FILE} (press R afterwards to refresh the file list). LoraLoaderModelOnly "
+            f"at strength_model 1 gives exactly the weights Apply CAD Mask gave, so the erased images match step "
+            f"1's pixel for pixel; strength_model 0.5 halves the masked weights, like Apply CAD Mask's strength.")
+    return Example("cad_5b_load_lora", g.graph, note, rows)
+
+
 def demo_graph(target=TARGET, prompts=DEMO_PROMPTS, erase_ratio=ERASE_RATIO, amplify_ratio=DEMO_AMPLIFY_RATIO):
     """`make demo`'s API graph and its Save Image nodes, {(prompt, branch): id}: erase the target ('a <target>'
     against the empty prompt), then amplify it back on the erased model from the likelihood of the original
@@ -243,7 +274,7 @@ def demo_erase_amplify():
 
 
 BUILDERS = (erase_a_concept, amplify_a_concept, erase_while_protecting, save_attribution, load_attribution,
-            demo_erase_amplify)
+            export_lora, load_lora, demo_erase_amplify)
 
 
 def all_examples():

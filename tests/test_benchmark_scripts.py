@@ -31,13 +31,22 @@ def test_gpu_check_script_dry_run(tmp_path):
     run_script(tmp_path, "benchmarks/gpu_check.py", "--dry-run", "--name", "gpu")
     report = (tmp_path / "gpu.md").read_text()
     assert "| sd15" in report and "| sdxl" in report
-    for column in ("plain fwd+bwd+fwd", "step / plain", "memory cap", "peak VRAM, gradient_checkpointing off",
+    for column in ("plain fwd+bwd+fwd", "step / plain", "emulated card", "gradient_checkpointing off (T=4)",
                    "median [IQR]"):
         assert column in report, column
 
 
 def test_checkpointing_cost_script_runs_on_a_reduced_unet(tmp_path):
-    run_script(tmp_path, "benchmarks/checkpointing_cost.py", "--tiny", "--latent", "8", "--steps", "2", "--threads", "1",
-               "--name", "ck")
+    run_script(tmp_path, "benchmarks/checkpointing_cost.py", "--tiny", "--latent", "4", "8", "--steps", "2",
+               "--threads", "1", "--name", "ck")
     report = (tmp_path / "ck.md").read_text()
-    assert "| off | no |" in report and "| on | yes |" in report
+    assert "## 32 px" in report and "## 64 px" in report
+    assert report.count("| off | no |") == 2 and report.count("| on | yes |") == 2
+    assert report.count("| auto | yes (auto: on, as always on a CPU) |") == 2
+
+
+def test_apply_cost_script_runs_on_a_reduced_unet(tmp_path):
+    run_script(tmp_path, "benchmarks/apply_cost.py", "--tiny", "--repeats", "4", "--threads", "1", "--name", "ac")
+    report = (tmp_path / "ac.md").read_text()
+    assert "masked / plain, per round" in report and "noise floor" in report
+    assert "| float32 |" in report and "| float16 |" in report

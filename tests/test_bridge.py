@@ -205,3 +205,57 @@ def test_no_grad_forwards_run_without_the_pack_wrappers_and_get_them_back():
             assert layer.weight_function == [other] and plain.weight_function == [other]
             raise RuntimeError("cancelled")
     assert layer.weight_function is original
+
+
+class FirstWeights:
+    """Records what each GradProbe kept as 'the weight alpha multiplies', next to the module's own weight."""
+
+    def __init__(self, monkeypatch):
+        from cad_pack.nodes.bridge import probes
+        self.kept, real = {}, probes.GradProbe._first_weight
+
+        def spy(probe, w):
+            value = real(probe, w)
+            self.kept[probe.key] = (value, probe.stored_weight())
+            return value
+        monkeypatch.setattr(probes.GradProbe, "_first_weight", spy)
+
+
+def test_alpha_multiplies_the_lora_patched_weight_kept_by_reference(monkeypatch):
+    """alpha = w * dJ/dw with the weight the forward really used, LoRA included. A fully loaded model holds exactly
+    that weight (ComfyUI bakes patches in at load), so the probe keeps a reference to it, not a copy."""
+    mp = tiny_sd15(seed=9)
+    key = ff_key(mp)
+    only_key = {"scope": "regex", "scope_regex": key.replace(".", r"\.")}
+    original = mp.model.get_submodule(key.rsplit(".", 1)[0]).weight.detach().clone()
+    delta = torch.full_like(original, 0.25)
+    with_lora = mp.clone()
+    with_lora.add_patches({key: ("diff", (delta,))})
+    first = FirstWeights(monkeypatch)
+    a = node_path(with_lora, "concept_gap", **only_key)
+    value, stored = first.kept[key]
+    assert value is stored
+    torch.testing.assert_close(value.detach().float(), original + delta, rtol=0, atol=1e-6)
+    # the same model with the LoRA merged into its weight gives the same scores
+    merged = tiny_sd15(seed=9)
+    with torch.inference_mode():
+        merged.model.get_submodule(key.rsplit(".", 1)[0]).weight.add_(delta)
+    b = node_path(merged, "concept_gap", **only_key)
+    assert a.scores[key].abs().max() > 0
+    torch.testing.assert_close(a.scores[key], b.scores[key], rtol=1e-5, atol=1e-12)
+
+
+def test_a_weight_cast_to_another_dtype_is_kept_as_an_fp32_copy(monkeypatch):
+    """fp16 weights computed in fp32 (ComfyUI's manual cast on CPU): the forward used the cast, which the module does
+    not hold, so the probe keeps an fp32 CPU copy of it."""
+    from family_models import build, conditioning as family_conditioning, family_latent
+    mp = build("sd15", seed=3, scale=0.1, dtype=torch.float16)
+    first = FirstWeights(monkeypatch)
+    with torch.inference_mode():
+        attribute_model(mp, family_conditioning("sd15", 1), family_conditioning("sd15", 2),
+                        family_latent("sd15")[0], objective="concept_gap", steps=2, guidance=3.0, seed=0, samples=1,
+                        scope="ff")
+    assert first.kept
+    for key, (value, stored) in first.kept.items():
+        assert value is not stored and value.dtype == torch.float32 and value.device.type == "cpu"
+        torch.testing.assert_close(value, stored.float(), rtol=0, atol=0)

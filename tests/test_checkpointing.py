@@ -69,7 +69,7 @@ def test_checkpointing_keeps_far_fewer_activations(family):
     with SavedBytes() as plain:
         attribute(mp, family, "off")
     with SavedBytes() as checkpointed:
-        attribute(mp, family, "auto")
+        attribute(mp, family, "on")
     assert plain.total > 0
     assert checkpointed.total < 0.5 * plain.total, (checkpointed.total, plain.total)
 
@@ -101,3 +101,50 @@ def test_models_without_a_record_are_never_checkpointed(family, caplog):
 def test_unknown_setting_is_refused():
     with pytest.raises(CADError, match="gradient_checkpointing must be one of auto, on, off"):
         attribute(build("sd15", seed=3, scale=0.1), "sd15", "sometimes")
+
+
+def test_auto_is_on_on_a_cpu():
+    mp = build("sd15", seed=3, scale=0.1)
+    result = attribute(mp, "sd15", "auto")
+    assert result.meta["gradient_checkpointing"] is True
+    assert result.meta["checkpointing_reason"] == "auto: on, as always on a CPU"
+    assert_same_scores(attribute(mp, "sd15", "off"), result)
+
+
+@pytest.mark.parametrize("free_mb,expected", [(1, True), (1 << 30, False)], ids=["crowded", "roomy"])
+def test_auto_on_a_gpu_checkpoints_when_autograd_would_crowd_free_memory(free_mb, expected, monkeypatch):
+    """The GPU branch, with ComfyUI's free-memory answer faked: on when the estimate exceeds a quarter of it."""
+    import comfy.model_management
+    from cad_pack.nodes.bridge.checkpointing import auto_decision, cast_weight_bytes
+    real = comfy.model_management.get_free_memory
+
+    def free_memory(dev=None, torch_free_too=False):
+        if torch_free_too:                     # attention kernels ask for both numbers: leave them theirs
+            return real(dev, torch_free_too)
+        return free_mb * 2**20
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", free_memory)
+    mp = build("sd15", seed=3, scale=0.1)
+    unet = mp.model.diffusion_model
+    context = conditioning("sd15", 1)[0][0]
+    with torch.inference_mode():
+        decided = auto_decision(unet, lambda: unet(torch.zeros((1, 4, 8, 8)), timesteps=torch.tensor([500.0]),
+                                                   context=context), torch.device("cuda"), torch.float16)
+    assert decided["gradient_checkpointing"] is expected and decided["free_memory_mb"] == free_mb
+    weights = cast_weight_bytes(unet, torch.float16)
+    assert weights == 2 * sum(p.numel() for n, p in unet.named_parameters() if n.endswith((".weight", ".bias"))
+                              and not n.startswith(("label_emb",)))
+    assert decided["activation_estimate_mb"] >= weights / 2**20 - 1
+    assert ("on" if expected else "off") in decided["checkpointing_reason"]
+
+
+def test_the_activation_estimate_grows_with_the_latent():
+    from cad_pack.nodes.bridge.checkpointing import layer_output_bytes
+    mp = build("sd15", seed=3, scale=0.1)
+    unet = mp.model.diffusion_model
+    context = conditioning("sd15", 1)[0][0]
+
+    def forward(side):
+        return lambda: unet(torch.zeros((1, 4, side, side)), timesteps=torch.tensor([500.0]), context=context)
+    with torch.inference_mode():
+        small, large = layer_output_bytes(unet, forward(8)), layer_output_bytes(unet, forward(16))
+    assert small > 0 and 3.5 * small < large < 4.5 * small      # 4x the pixels, ~4x the activations

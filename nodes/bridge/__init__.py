@@ -5,10 +5,12 @@ inputs, call these functions (and cad_core), and return.
     probes          weight wrappers that capture dJ/dW of the scoped weights (GradProbe, ProbeCapture)
     differentiable  which model CAD differentiates (a non-dynamic reload under Dynamic VRAM) and what makes
                     ComfyUI's forward passes safe for autograd
+    checkpointing   per-block gradient checkpointing of the differentiated forwards, and auto's decision
     attribution     CAD Attribute through ComfyUI's CFGGuider, in chunks under a memory budget
     scope_regex     a workflow's scope_regex matched within a time bound
     masks           Apply CAD Mask: the weight adapter and the patched clone
     verification    CAD Verify: J re-measured at the visited latents, with a mask really applied
+    export          a mask as LoRA tensors that cancel the weights this MODEL computes with
 
 ComfyUI runs every node under torch.inference_mode() and loaders create weights as inference tensors, which
 autograd refuses to save. Attribution therefore runs on a clone of the MODEL inside inference_mode(False), with

@@ -13,7 +13,7 @@ from ...cad_core.attribution import check_not_all_zero
 from ...cad_core.scopes import scope_notice
 from ...cad_core.budget import MB, join_chunks, plan_chunks, scope_bytes
 from ...cad_core.trajectory import loss_scale_for
-from .checkpointing import blocks_checkpointed, wants_checkpointing
+from .checkpointing import auto_decision, blocks_checkpointed, checkpointing_setting
 from .differentiable import (differentiable_source, kernels_with_backward, ordinary_copies_of_plain_parameters,
                              saved_tensor_copies)
 from .model_info import (check_conditioning, compute_dtype_of, fingerprint_of, parameterization_of,
@@ -31,12 +31,14 @@ class AttributionSampler(comfy.samplers.Sampler):
     patcher: the gradient clone whose CAD wrappers must be on its modules once ComfyUI has loaded it.
     private_saves: every tensor autograd saves during a differentiated forward is a private copy (models that
     update a tensor in place after saving it, see saved_tensor_copies).
-    checkpointing: differentiated forwards keep only each block's inputs and recompute the rest in the backward
-    pass (checkpointing.py).
+    checkpointing: True/False, or "auto" (decided here, once the model is loaded: checkpointing.auto_decision).
+    Differentiated forwards then keep only each block's inputs and recompute the rest in the backward pass.
+    decided: what the run did (checkpointing, activation estimate, free memory), for the attribution's metadata.
     """
 
-    def __init__(self, run, patcher=None, private_saves=False, checkpointing=False):
+    def __init__(self, run, patcher=None, private_saves=False, checkpointing=False, decided=None):
         self.run, self.patcher, self.private_saves, self.checkpointing = run, patcher, private_saves, checkpointing
+        self.decided = {} if decided is None else decided
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -58,10 +60,17 @@ class AttributionSampler(comfy.samplers.Sampler):
                     return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
             return predict
 
+        checkpointing = self.checkpointing
+        if checkpointing == "auto":
+            start = latent_image[:1].to(noise.device)
+            self.decided.update(auto_decision(inner.diffusion_model, lambda: predictor("positive")(start, sigmas[0]),
+                                              noise.device, inner.manual_cast_dtype or inner.get_dtype()))
+            checkpointing = self.decided["gradient_checkpointing"]
+        self.decided["gradient_checkpointing"] = bool(checkpointing)
         # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward; so
         # are the parameters outside comfy ops (DiT RMSNorm scales), which no weight wrapper reaches.
         with ordinary_copies_of_plain_parameters(inner.diffusion_model), \
-                blocks_checkpointed(inner.diffusion_model, self.checkpointing):
+                blocks_checkpointed(inner.diffusion_model, checkpointing):
             return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
 
 
@@ -80,7 +89,7 @@ def attribute_model(model, positive, base, latent, *, objective, steps, guidance
                                    seed=seed, samples=samples, scope=scope, scope_regex=scope_regex,
                                    schedule=schedule, concept_latent=concept_latent, on_progress=on_progress,
                                    source=own_source, keys=keys, gradient_checkpointing=gradient_checkpointing)
-    checkpointing = wants_checkpointing(gradient_checkpointing, [k for k, _ in patchable_weights(model)])
+    checkpointing = checkpointing_setting(gradient_checkpointing, [k for k, _ in patchable_weights(model)])
     run = dict(model=model, positive=positive, base=base, latent=latent, objective=objective, steps=steps,
                guidance=guidance, seed=seed, samples=samples, scope=scope, scope_regex=scope_regex, schedule=schedule,
                concept_latent=concept_latent, on_progress=on_progress, source=source, keys=keys,
@@ -125,7 +134,8 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
         grad_model = source.clone()
         probes = install_probes(grad_model, keys)
         capture = ProbeCapture(probes, shapes, grad_model.load_device)
-        result = {}
+        result, decided = {}, {}   # decided: what the sampler chose for this run (no reference to the sampler
+        # itself, which holds this closure: a cycle would keep the probes alive after a cancel)
 
         def run(concept, base_fn, sigmas_dev, noise, processed_latent):
             # Sample 0's first trajectory uses the seed itself, as KSampler would.
@@ -139,7 +149,7 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
                 on_progress=on_progress, fingerprint=fingerprint, refuse_all_zero=whole_scope,
                 meta={"scope": scope, "scope_regex": scope_regex, "seed": seed, **({"scope_notice": notice} if notice else {}),
                       "sampler": f"ddim (deterministic), scheduler {SCHEDULER}",
-                      "gradient_checkpointing": checkpointing,
+                      **decided,
                       "latent_shape": list(latent_image.shape)})
             return processed_latent
 
@@ -149,9 +159,9 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
             guider.set_cfg(guidance)
             start = images if images is not None else latent_image
             noise = torch.zeros_like(start)
+            sampler = AttributionSampler(run, grad_model, private_saves, checkpointing, decided)
             with probes_must_see_their_modules(grad_model, probes):
-                guider.sample(noise, start, AttributionSampler(run, grad_model, private_saves, checkpointing), sigmas, seed=seed,
-                              disable_pbar=True)
+                guider.sample(noise, start, sampler, sigmas, seed=seed, disable_pbar=True)
         finally:
             remove_cad_wrappers(grad_model)
             del grad_model

@@ -6,7 +6,10 @@ block (the family record's blocks: UNet input/middle/output layers, Flux double/
 inputs, and recomputes its own activations when the backward pass reaches it: one more forward of the
 differentiated pass, same values (the recomputation runs the same ops on the same inputs, so alpha is unchanged).
 
-Only differentiated forwards are affected: with gradients off, a block runs as it always does.
+Only differentiated forwards are affected: with gradients off, a block runs as it always does. The recomputation is
+one more forward of each block per step (on CPU it cost +6% at 64 px and saved time at 512 px, where the smaller
+working set helped more: benchmarks/results/checkpointing_cost_cpu.md; on a GPU it is closer to the cost of a
+forward), so `auto` is on on CPUs and, on GPUs, only where what autograd keeps would crowd the device's memory.
 """
 import contextlib
 import functools
@@ -15,6 +18,9 @@ import re
 
 import torch
 import torch.utils.checkpoint
+
+import comfy.model_management
+import comfy.ops
 
 from ...cad_core import CADError
 from ...cad_core.families import detect_family, supported_families
@@ -92,11 +98,11 @@ def blocks_checkpointed(diffusion_model, enabled: bool = True):
                 module.forward = before
 
 
-def wants_checkpointing(setting: str, weight_names) -> bool:
-    """Whether a run checkpoints its blocks. 'auto' and 'on': yes for every family with a record (families.py), whose
-    reduced models give the same alpha either way (tests/test_checkpointing.py); never for a model without one,
-    whatever the setting: LTX-Video, for one, updates tensors in place inside its blocks after an op saved them, which
-    the recomputation cannot detect, and its scores came out wrong (up to 20% of the largest) instead of failing."""
+def checkpointing_setting(setting: str, weight_names) -> "bool | str":
+    """True/False when the setting decides, "auto" when the run decides once the model is loaded
+    (auto_decision). Never for a model without a family record, whatever the setting: LTX-Video, for
+    one, updates tensors in place inside its blocks after an op saved them, which the recomputation cannot detect,
+    and its scores came out wrong (up to 20% of the largest) instead of failing."""
     if setting not in CHECKPOINTING:
         raise CADError(f"gradient_checkpointing must be one of {', '.join(CHECKPOINTING)}, got {setting!r}.")
     if setting == "off":
@@ -106,4 +112,62 @@ def wants_checkpointing(setting: str, weight_names) -> bool:
             logging.warning("CAD: gradient checkpointing is only used for model families with a record (%s); this "
                             "model is attributed without it.", supported_families())
         return False
-    return True
+    return True if setting == "on" else "auto"
+
+
+# What autograd keeps for one differentiated forward, beyond the weight copies below, as a multiple of the bytes the
+# model's layers output in a no-grad forward of the same latent (it also keeps attention weights and the inputs of
+# every op inside a layer). Measured on the full-size SD1.5 UNet at 512 px on CPU: 9,129 MiB saved vs 1,660 MiB of
+# layer outputs, 5.5x (attention that does not materialise its weights, as on most GPUs, keeps less: the estimate
+# errs towards checkpointing).
+ACTIVATIONS_PER_OUTPUT_BYTE = 6
+# auto checkpoints when the estimate exceeds this share of the memory free on the device after loading
+CROWDING_SHARE = 0.25
+
+
+def layer_output_bytes(diffusion_model, forward) -> int:
+    """Bytes the leaf modules of `diffusion_model` output while `forward()` runs (called without gradients)."""
+    total = 0
+
+    def count(module, args, output):
+        nonlocal total
+        for t in (output if isinstance(output, (tuple, list)) else (output,)):
+            if torch.is_tensor(t):
+                total += t.numel() * t.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in diffusion_model.modules() if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def cast_weight_bytes(diffusion_model, compute_dtype) -> int:
+    """The weight copies a differentiated forward hands autograd: with CAD's wrappers every comfy op casts a private
+    copy of its weight (and bias) in the compute dtype, and the layer saves it for the backward pass (on the full-size
+    SD1.5 UNet at 64 px, 6,237 MiB were saved over two differentiated forwards: about two copies of its weights)."""
+    size = torch.empty((), dtype=compute_dtype).element_size()
+    return size * sum(p.numel() for m in diffusion_model.modules() if isinstance(m, comfy.ops.CastWeightBiasOp)
+                      for p in (m.weight, m.bias) if p is not None)
+
+
+def auto_decision(diffusion_model, forward, device, compute_dtype) -> dict:
+    """What `auto` does on this device, with its reason (for the attribution's metadata).
+
+    On a CPU it always checkpoints: measured there, the recomputation cost at most 6% and often saved time, for a third
+    of the memory. On a GPU, where it costs about one more forward per step, it checkpoints when the estimate of what
+    autograd would keep (one no-grad forward measures the layers' outputs; plus the weight copies) exceeds
+    CROWDING_SHARE of the memory ComfyUI reports free."""
+    if torch.device(device).type == "cpu":
+        return {"gradient_checkpointing": True, "checkpointing_reason": "auto: on, as always on a CPU"}
+    estimate = (ACTIVATIONS_PER_OUTPUT_BYTE * layer_output_bytes(diffusion_model, forward)
+                + cast_weight_bytes(diffusion_model, compute_dtype))
+    free = int(comfy.model_management.get_free_memory(device))
+    crowded = estimate > CROWDING_SHARE * free
+    return {"gradient_checkpointing": crowded, "activation_estimate_mb": round(estimate / 2**20),
+            "free_memory_mb": round(free / 2**20),
+            "checkpointing_reason": f"auto: {'on' if crowded else 'off'}, autograd would keep ~{estimate / 2**20:,.0f} "
+                                    f"MiB with {free / 2**20:,.0f} MiB free"}

@@ -23,22 +23,32 @@ class GradProbe(_CADWeightFunction):
     """Weight wrapper: returns W unchanged but puts it in the graph and captures dJ/dW.
 
     Adding a zero anchor (instead of making W a leaf) keeps autograd from allocating a W-sized .grad.
-    The first W seen is kept (fp32, CPU): alpha multiplies the weight the model actually computes with,
-    LoRA patches included.
+    alpha multiplies the weight the model actually computes with, LoRA patches included: the first W seen. When
+    that is exactly the weight the module holds (a fully loaded model: the usual case), the probe keeps a reference
+    to it instead of a copy; otherwise (weights cast to another dtype or device, patched at cast time in lowvram
+    mode) an fp32 copy in CPU RAM.
     """
 
-    def __init__(self, key, device):
+    def __init__(self, key, device, stored_weight=None):
         self.key, self.acc, self.value = key, None, None  # acc: set by ProbeCapture.capturing for the run
+        self.stored_weight = stored_weight or (lambda: None)   # the module's own weight, read at the first call
         self.anchor = torch.zeros((), device=device, requires_grad=True)
 
     def __call__(self, w):
         if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
             return w
         if self.value is None:
-            self.value = w.detach().to("cpu", torch.float32, copy=True)
+            self.value = self._first_weight(w.detach())
         w = w + self.anchor.to(dtype=w.dtype, device=w.device)
         w.register_hook(lambda g: self.acc.add(self.key, g))
         return w
+
+    def _first_weight(self, w):
+        stored = self.stored_weight()
+        if (stored is not None and stored.shape == w.shape and stored.dtype == w.dtype and stored.device == w.device
+                and torch.equal(stored, w)):
+            return stored
+        return w.to("cpu", torch.float32, copy=True)
 
     def move_to(self, device=None):
         if device is not None:
@@ -87,7 +97,8 @@ def install_probes(grad_model, keys):
     probes, scoped, copier = {}, set(keys), CopyForBackward()
     for key, _ in patchable_weights(grad_model):
         if key in scoped:
-            probes[key] = GradProbe(key, grad_model.load_device)
+            module, attr = _module_and_attr(grad_model, key)
+            probes[key] = GradProbe(key, grad_model.load_device, lambda m=module, a=attr: getattr(m, a, None))
             grad_model.add_weight_wrapper(key, probes[key])
         else:
             grad_model.add_weight_wrapper(key, copier)

@@ -220,6 +220,24 @@ def test_loaded_attribution_reproduces_the_saved_run(session):
         assert all(np.array_equal(a, b) for a, b in zip(*pictures)) and len(pictures[0]) == len(pictures[1])
 
 
+def test_exported_lora_reproduces_the_erase_with_core_nodes(session):
+    """cad_5b applies, with core's LoraLoaderModelOnly, the LoRA that cad_5a's Save CAD Mask as LoRA wrote: the
+    erased pictures are pixel for pixel those of Apply CAD Mask in cad_5a."""
+    _, exported = finished_run(session, "cad_5a_export_lora")
+    saved = exported["outputs"]["17"]["cad_saved"][0]
+    assert saved["folder"] == "loras" and saved["file"].endswith("_00001_.safetensors")
+    finished_run(session, "cad_5b_load_lora")
+    erased = [node["id"] for node in load_example("cad_5a_export_lora")["nodes"]
+              if node["type"] == "PreviewImage" and node.get("title", "").startswith("erased")]
+    assert erased and erased == [node["id"] for node in load_example("cad_5b_load_lora")["nodes"]
+                                 if node["type"] == "PreviewImage" and node.get("title", "").startswith("erased")]
+    for nid in map(str, erased):
+        pictures = [[np.asarray(Image.open(io.BytesIO(png))) for png in session["images"][name][nid]]
+                    for name in ("cad_5a_export_lora", "cad_5b_load_lora")]
+        assert len(pictures[0]) == len(pictures[1]) > 0
+        assert all(np.array_equal(a, b) for a, b in zip(*pictures))
+
+
 def test_the_pack_raises_no_errors_on_the_page(session):
     """Errors the frontend itself logs offline (blocked api.comfy.org calls, absent user.css) are not ours."""
     ours = [p for p in session["page_problems"]

@@ -1,0 +1,52 @@
+"""Save CAD Mask as LoRA: the edit as a file that ComfyUI's own LoraLoader (and other UIs' loaders) apply."""
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..cad_core.export import save_lora
+from .bridge.export import lora_from_mask
+from .cad_types import CadMask
+from .file_nodes import prefix_problem, save_new_file
+from .ui_text import bounded
+
+LORAS = "loras"
+
+
+class CADSaveMaskAsLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CADSaveMaskAsLoRA", display_name="Save CAD Mask as LoRA", category="CAD/files",
+            description=(
+                "Writes the mask's edit as a LoRA file in models/loras/: for every matrix the mask touches, a full "
+                "'diff' that is minus the weight on the masked entries and 0 elsewhere. Loaded with LoraLoader "
+                "(or LoraLoaderModelOnly) on the same checkpoint at strength_model 1, it gives exactly the weights "
+                "Apply CAD Mask gives at strength 1; strength s scales the masked entries by (1 - s), like Apply "
+                "CAD Mask's strength. Use it to take the edit to another workflow or UI."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the mask was made for, with the LoRAs you will load "
+                               "before this one (the file cancels the weights as this MODEL holds them)."),
+                CadMask.Input("mask", tooltip="From CAD Erase Mask, CAD Amplify Mask or Load CAD Mask."),
+                io.String.Input("filename_prefix", default="cad_erase",
+                                tooltip="File name inside models/loras/; a counter and .safetensors are added."),
+            ],
+            outputs=[io.String.Output(display_name="lora_name",
+                                      tooltip="The file's name as LoraLoader lists it.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        return True if filename_prefix is None else (prefix_problem(filename_prefix, LORAS) or True)
+
+    @classmethod
+    def execute(cls, model, mask, filename_prefix) -> io.NodeOutput:
+        tensors = lora_from_mask(model, mask)
+        path = save_new_file(filename_prefix, lambda p: save_lora(tensors, p, mask), folder=LORAS)
+        root = os.path.abspath(folder_paths.get_folder_paths(LORAS)[0])
+        name = os.path.relpath(path, root)
+        size = os.path.getsize(path)
+        text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {mask.count:,} masked weights, "
+                f"{size / 2**20:,.1f} MiB. Load it with LoraLoaderModelOnly on the same model.")
+        return io.NodeOutput(name, ui=bounded({"cad_saved": [{"file": name, "folder": LORAS}], "text": [text]}))
