@@ -10,7 +10,7 @@ const MAX_CHART_WIDTH = 640;
 
 const CAD_NODES = new Set([
   "CADAttribute", "CADSumAttributions", "CADEraseMask", "CADAmplifyMask", "CADCombineMasks", "CADAttributionMap",
-  "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask",
+  "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask", "CADSaveMaskAsLoRA",
 ]);
 
 // One DOM widget per node, created on the first execution and refilled on every later one.

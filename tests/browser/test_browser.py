@@ -36,6 +36,8 @@ EXAMPLES_DIR = os.path.join(REPO, "example_workflows")
 # Sorted names put cad_4a (saves the attribution) before cad_4b (loads it).
 EXAMPLES = sorted(os.path.splitext(f)[0] for f in os.listdir(EXAMPLES_DIR) if f.endswith(".json"))
 CHROMIUM = os.environ.get("CAD_CHROMIUM", "/usr/bin/chromium")
+# Examples that show the edit applied by core nodes alone (cad_5b: core's LoRA loader on cad_5a's export)
+CORE_NODES_ONLY = {"cad_5b_load_lora"}
 RUN_TIMEOUT_S = 600
 
 
@@ -182,7 +184,8 @@ def test_nodes_show_what_the_backend_sent(session, name):
             expect_images(shown, output["images"])
         checked.update(key for key in output if key in ("cad_summary", "cad_map", "cad_mask", "images"))
     assert "images" in checked, "the workflow previews no images"
-    assert checked & {"cad_summary", "cad_map"}, "no CAD node showed an attribution"
+    if name not in CORE_NODES_ONLY:
+        assert checked & {"cad_summary", "cad_map"}, "no CAD node showed an attribution"
 
 
 def fed_by(workflow, node_type):
