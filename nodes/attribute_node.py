@@ -33,9 +33,9 @@ class CADAttribute(io.ComfyNode):
                                tooltip=objectives_help()),
                 io.Int.Input("steps", default=20, min=1, max=1000,
                              tooltip="Sampling timesteps visited; each costs one forward+backward pass. Fewer steps "
-                             "give a different mask: on the toy world, erase masks from 20 steps share 75% of their "
-                             "weights with those from 50 and erase about as well; from 10 steps 58%, from 5 steps "
-                             "38%, and 5 steps erase less (benchmarks/results/steps_study.md)."),
+                             "give a different mask: on the toy world, erase masks from 20 steps overlap those from 50 "
+                             "with a Jaccard index of 0.75 and erase about as well; from 10 steps 0.58, from 5 steps "
+                             "0.38, and 5 steps erase less (benchmarks/results/steps_study.md)."),
                 io.Float.Input("guidance", default=3.0, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance of the sampled trajectories (reference: 3.0)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Noise seed of the trajectories."),
