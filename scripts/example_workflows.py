@@ -127,6 +127,18 @@ def _colour_base(g, clip):
     return g.add(7, "CLIPTextEncode", "base: a red", text="a red", clip=clip)
 
 
+def _red_target_attribution(g, model, clip, one):
+    """CAD Attribute (node 10) of 'a red <TARGET>' (node 5) against 'a red' (node 7)."""
+    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
+    return _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+
+
+def _original_vs_erased(g, model, erased, clip, empty, many, vae, *prompts):
+    """_compare of the original and the erased model (default prompt: 'a red <TARGET>')."""
+    return _compare(g, 100, [("original", model), ("erased", erased)], list(prompts or [f"a red {TARGET}"]), clip,
+                    empty, many, vae)
+
+
 def _erase(g, model, attribution, protect=None, title="CAD Erase Mask"):
     extra = {"protect": protect} if protect else {}
     mask, erased = _mask_and_apply(g, 11, "CADEraseMask", model, attribution, ERASE_RATIO, title, **extra)
@@ -137,11 +149,9 @@ def _erase(g, model, attribution, protect=None, title="CAD Erase Mask"):
 def erase_a_concept():
     g = GraphBuilder()
     model, clip, vae, empty, one, many = _toy_model(g)
-    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
-    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    attribution = _red_target_attribution(g, model, clip, one)
     erased = _erase(g, model, attribution)
-    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}", "a green circle"], clip,
-                    empty, many, vae)
+    rows = _original_vs_erased(g, model, erased, clip, empty, many, vae, f"a red {TARGET}", "a green circle")
     note = (f"# Erase a concept\nCAD Attribute scores every feed-forward weight of the toy model for 'a red "
             f"{TARGET}' against 'a red', so the scores single out the shape rather than the colour (positive = "
             f"carries it). CAD Erase Mask picks the top {ERASE_RATIO:.0%} of each row, Apply CAD Mask zeroes them "
@@ -179,8 +189,7 @@ def erase_while_protecting():
     attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
     protect = _attribute(g, 13, model, kept, base, one, f"CAD Attribute: a red {PROTECTED} vs a red (to keep)")
     erased = _erase(g, model, attribution, protect, f"CAD Erase Mask (protecting the {PROTECTED})")
-    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}", f"a red {PROTECTED}"],
-                    clip, empty, many, vae)
+    rows = _original_vs_erased(g, model, erased, clip, empty, many, vae, f"a red {TARGET}", f"a red {PROTECTED}")
     note = (f"# Erase while protecting\nTwo attributions: 'a red {TARGET}' (to erase) and 'a red {PROTECTED}' "
             f"(to keep), both against 'a red'. Wired into the Erase Mask's protect input, the second one vetoes "
             f"every component that carries the {PROTECTED} (positive score there), so fewer weights are selected "
@@ -192,11 +201,10 @@ def erase_while_protecting():
 def save_attribution():
     g = GraphBuilder()
     model, clip, vae, empty, one, many = _toy_model(g)
-    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
-    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    attribution = _red_target_attribution(g, model, clip, one)
     g.add(14, "CADSaveAttribution", "Save CAD Attribution", attribution=attribution, filename_prefix=SAVED_PREFIX)
     erased = _erase(g, model, attribution)
-    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    rows = _original_vs_erased(g, model, erased, clip, empty, many, vae)
     note = (f"# Save an attribution (step 1 of 2)\nAttributing costs a backward pass per step; Save CAD "
             f"Attribution keeps the scores in models/cad/{SAVED_PREFIX}_NNNNN_.safetensors, with a fingerprint "
             f"of the model, so other workflows can reuse them. Run this, then open cad_4b_load_attribution.")
@@ -208,7 +216,7 @@ def load_attribution():
     model, clip, vae, empty, one, many = _toy_model(g)
     attribution = g.add(10, "CADLoadAttribution", "Load CAD Attribution", file=SAVED_FILE, model=model)
     erased = _erase(g, model, attribution)
-    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    rows = _original_vs_erased(g, model, erased, clip, empty, many, vae)
     note = (f"# Load an attribution (step 2 of 2)\nRun cad_4a_save_attribution first: it writes "
             f"models/cad/{SAVED_FILE} (press R afterwards to refresh the file list). Load CAD Attribution reads "
             f"it without recomputing and, with the model connected, refuses a file made for another model. The "
@@ -219,11 +227,10 @@ def load_attribution():
 def export_lora():
     g = GraphBuilder()
     model, clip, vae, empty, one, many = _toy_model(g)
-    concept, base = _red_shape(g, clip, TARGET, 5), _colour_base(g, clip)
-    attribution = _attribute(g, 10, model, concept, base, one, f"CAD Attribute: a red {TARGET} vs a red")
+    attribution = _red_target_attribution(g, model, clip, one)
     erased = _erase(g, model, attribution)
     g.add(17, "CADSaveMaskAsLoRA", "Save CAD Mask as LoRA", model=model, mask=["11", 0], filename_prefix=LORA_PREFIX)
-    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    rows = _original_vs_erased(g, model, erased, clip, empty, many, vae)
     note = (f"# Export the erase as a LoRA (step 1 of 2)\nSave CAD Mask as LoRA writes the mask's edit to "
             f"models/loras/{LORA_PREFIX}_NNNNN_.safetensors: for each matrix the mask touches, a full 'diff' that "
             f"is minus the weight on the masked entries. Any LoRA loader then applies the erase without the CAD "
@@ -236,7 +243,7 @@ def load_lora():
     model, clip, vae, empty, one, many = _toy_model(g)
     erased = g.add(10, "LoraLoaderModelOnly", "Load LoRA (core)", model=model, lora_name=LORA_FILE,
                    strength_model=1.0)
-    rows = _compare(g, 100, [("original", model), ("erased", erased)], [f"a red {TARGET}"], clip, empty, many, vae)
+    rows = _original_vs_erased(g, model, erased, clip, empty, many, vae)
     note = (f"# Load the exported erase with core's LoRA loader (step 2 of 2)\nRun cad_5a_export_lora first: it "
             f"writes models/loras/{LORA_FILE} (press R afterwards to refresh the file list). LoraLoaderModelOnly "
             f"at strength_model 1 gives exactly the weights Apply CAD Mask gave, so the erased images match step "
