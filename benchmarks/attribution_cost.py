@@ -300,25 +300,16 @@ def apply_cost(mp, calib, ratio, log):
     return {"mask": mask, "patched": patched, "select_s": select_s, "apply_s": apply_s, "patch_s": patch_s}
 
 
-def file_sizes(calib, mask, scoped, mp=None):
-    """6. Sizes of the saved attribution and mask files, and their headers (size minus 4 bytes per value); with
-    the model, also of the mask exported as a LoRA (Save CAD Mask as LoRA)."""
+def file_sizes(calib, mask, scoped):
+    """6. Sizes of the saved attribution and mask files, and their headers (size minus 4 bytes per value). The mask
+    as a LoRA is measured by apply_cost.py."""
     from cad_pack.cad_core import save_attribution, save_mask
     with tempfile.TemporaryDirectory() as tmp:
         a_path = save_attribution(calib, os.path.join(tmp, "a.safetensors"))
         m_path = save_mask(mask, os.path.join(tmp, "m.safetensors"))
         a_size, m_size = os.path.getsize(a_path), os.path.getsize(m_path)
-        lora = None
-        if mp is not None:
-            from cad_pack.cad_core.export import save_lora
-            from cad_pack.nodes.bridge.export import lora_from_mask
-            tensors = lora_from_mask(mp, mask)
-            l_path = save_lora(tensors, os.path.join(tmp, "l.safetensors"), mask)
-            lora = {"bytes": os.path.getsize(l_path), "matrices": len(tensors),
-                    "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")}
-            del tensors
     return {"attribution": a_size, "mask": m_size, "attribution_header": a_size - 4 * scoped,
-            "mask_header": m_size - 4 * mask.count, "lora": lora}
+            "mask_header": m_size - 4 * mask.count}
 
 
 def sampling_times(mp, patched, pos, neg, args, log):
@@ -421,9 +412,6 @@ def files_table(params, ratio, mask, files, sizes):
         [f"erase mask, per_row ratio {ratio} (int32 flat indices)",
          f"{files['mask'] / 1024:,.0f} KiB measured ({mask.count:,} indices)",
          f"<= {sizes['sdxl']['mask_max'] / 1024:,.0f} KiB computed (<= {sizes['sdxl']['selected_max']:,} indices)"],
-        *([[f"that mask as a LoRA (Save CAD Mask as LoRA: a full diff per touched matrix, in the weights' dtype)",
-            f"{C.mib(files['lora']['bytes'])} measured ({files['lora']['matrices']} matrices, {files['lora']['dtype']}; "
-            f"fp16 weights give half)", "not computed"]] if files.get("lora") else []),
     ])
 
 
@@ -484,7 +472,7 @@ def main():
     chunk_rows = chunking_rows(model.mp, pos, neg, args, model.budget_state, log)
     ratio = 0.05 if args.tiny else 0.001   # per_row at 0.001 selects nothing in rows narrower than 1000
     applied = apply_cost(model.mp, calib, ratio, log)
-    files = file_sizes(calib, applied["mask"], model.scoped, model.mp)
+    files = file_sizes(calib, applied["mask"], model.scoped)
     plain_t, masked_t = sampling_times(model.mp, applied["patched"], pos, neg, args, log)
     sizes = family_sizes(ratio, files, len(model.scope), log)
 
