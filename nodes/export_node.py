@@ -1,13 +1,12 @@
 """Save CAD Mask as LoRA: the edit as a file that ComfyUI's own LoraLoader (and other UIs' loaders) apply."""
 import os
 
-import folder_paths
 from comfy_api.latest import io
 
 from ..cad_core.export import save_lora
 from .bridge.export import lora_from_mask
 from .cad_types import CadMask
-from .file_nodes import prefix_problem, save_new_file
+from .file_nodes import folder_relative, prefix_problem, save_new_file
 from .ui_text import bounded
 
 LORAS = "loras"
@@ -44,8 +43,7 @@ class CADSaveMaskAsLoRA(io.ComfyNode):
     def execute(cls, model, mask, filename_prefix) -> io.NodeOutput:
         tensors = lora_from_mask(model, mask)
         path = save_new_file(filename_prefix, lambda p: save_lora(tensors, p, mask), folder=LORAS)
-        root = os.path.abspath(folder_paths.get_folder_paths(LORAS)[0])
-        name = os.path.relpath(path, root)
+        name = folder_relative(path, LORAS)
         size = os.path.getsize(path)
         text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {mask.count:,} masked weights, "
                 f"{size / 2**20:,.1f} MiB. Load it with LoraLoaderModelOnly on the same model.")

@@ -44,7 +44,7 @@ def save_new_file(filename_prefix: str, write, folder: str = FOLDER) -> str:
     problem = prefix_problem(filename_prefix, folder)
     if problem:
         raise CADError(problem)
-    root = os.path.abspath(folder_paths.get_folder_paths(folder)[0])
+    root = _folder_root(folder)
     try:
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
     except Exception as e:  # ComfyUI raises a bare Exception for paths outside the folder
@@ -58,9 +58,18 @@ def save_new_file(filename_prefix: str, write, folder: str = FOLDER) -> str:
     raise CADError(f"models/{folder}/ already holds 100,000 files named '{name}_NNNNN_': choose another prefix.")
 
 
+def _folder_root(folder: str) -> str:
+    """Where new files of a model folder go: ComfyUI's first path for it."""
+    return os.path.abspath(folder_paths.get_folder_paths(folder)[0])
+
+
+def folder_relative(path: str, folder: str = FOLDER) -> str:
+    """A file save_new_file wrote, named as ComfyUI lists the files of that model folder."""
+    return os.path.relpath(path, _folder_root(folder))
+
+
 def _saved_ui(path):
-    root = os.path.abspath(folder_paths.get_folder_paths(FOLDER)[0])
-    rel = os.path.relpath(path, root)
+    rel = folder_relative(path)
     return {"cad_saved": [{"file": rel}], "text": [f"saved models/{FOLDER}/{rel}"]}
 
 

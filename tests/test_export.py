@@ -113,16 +113,9 @@ def test_core_checkpoint_save_of_a_cad_patched_model_loads_and_samples_identical
         del saved
         reloaded = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]
 
-    def image(model):
-        import comfy.sample
-        with torch.inference_mode():
-            latent = torch.zeros((1, 4, 8, 8))
-            noise = comfy.sample.prepare_noise(latent, 3)
-            return comfy.sample.sample(model, noise, 4, 3.0, "euler", "normal", pos, neg, latent, seed=3,
-                                       disable_pbar=True)
-    erased = image(patched)
-    assert torch.equal(image(reloaded), erased)
-    assert not torch.equal(image(mp), erased)
+    erased = sample(patched, pos, neg, steps=4, seed=3)
+    assert torch.equal(sample(reloaded, pos, neg, steps=4, seed=3), erased)
+    assert not torch.equal(sample(mp, pos, neg, steps=4, seed=3), erased)
 
 
 def test_core_extract_and_save_lora_is_not_exact_for_a_cad_erase():
@@ -147,3 +140,22 @@ def test_core_extract_and_save_lora_is_not_exact_for_a_cad_erase():
     residues = [comfy.utils.get_attr(core_loaded.model, k).reshape(-1)[idx.long()] for k, idx in mask.indices.items()]
     mm.unload_all_models()
     assert any(bool(r.abs().max() > 0) for r in residues)                 # not erased exactly
+
+
+def test_the_node_writes_new_numbered_files_into_the_loras_folder(tmp_path, monkeypatch):
+    import folder_paths
+    from cad_pack.nodes.export_node import CADSaveMaskAsLoRA
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
+                        ([str(tmp_path)], folder_paths.supported_pt_extensions))
+    mp = tiny_sd15(seed=4)
+    mask = erase_mask(mp)
+    first = CADSaveMaskAsLoRA.execute(mp, mask, "cad/cat_erase")
+    second = CADSaveMaskAsLoRA.execute(mp, mask, "cad/cat_erase")
+    names = [out.result[0] for out in (first, second)]
+    assert names == [os.path.join("cad", "cat_erase_00001_.safetensors"), os.path.join("cad", "cat_erase_00002_.safetensors")]
+    assert first.ui["cad_saved"] == [{"file": names[0], "folder": "loras"}]
+    assert f"saved models/loras/{names[0]}" in first.ui["text"][0]
+    written = safetensors.torch.load_file(str(tmp_path / names[0]))
+    expected = lora_from_mask(mp, mask)
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+    assert CADSaveMaskAsLoRA.validate_inputs("../outside") != True    # noqa: E712 (a message, not False)
