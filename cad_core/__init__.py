@@ -2,7 +2,8 @@
 
     attribute()          score weights for a concept (alpha = w * dJ/dw): one call, any torch denoiser
     select_components()  pick components to erase (most positive) or amplify (most negative)
-    union(), protect()   combine masks; keep components another concept needs
+    contrast()           scores for "erase A, keep B": A's share minus B's (a margin, not a veto)
+    union(), protect()   combine masks; drop components another concept needs
     block_map()          per-block positive/negative mass and mask share, for the attribution map
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
     verify_ablation(), faithfulness()   compare predicted with measured effects
@@ -18,7 +19,7 @@ from .mask import Mask, protect, scale_selected, union
 from .noise import FlowMatching, VarianceExploding
 from .objectives import OBJECTIVES, Objective, objective_named
 from .scopes import SCOPE_PRESETS, resolve_scope
-from .selection import GRANULARITIES, select_components
+from .selection import GRANULARITIES, contrast, select_components
 from .serialization import load_attribution, load_mask, read_kind, save_attribution, save_mask
 from .trajectory import SCHEDULES, TrajectoryPlan
 from .verify import faithfulness, predicted_change, random_mask, verify_ablation

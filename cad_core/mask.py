@@ -124,7 +124,7 @@ def protect(mask: Mask, reference) -> Mask:
         carries = scores.reshape(-1)[idx] > 0
         kept[key] = idx[~carries]
         dropped += int(carries.sum())
-    meta = {**mask.meta, "protected_dropped": dropped,
+    meta = {**mask.meta, "protected_dropped": mask.meta.get("protected_dropped", 0) + dropped,
             "protect_objective": reference.meta.get("objective")}
     return Mask(kept, dict(mask.shapes), mask.fingerprint, meta)
 

@@ -9,6 +9,7 @@ import torch
 
 from .attribution import Attribution
 from .errors import CADError
+from .fingerprint import require_same_model
 from .mask import Mask, split_flat_indices
 
 GRANULARITIES = ("per_row", "per_matrix", "global")
@@ -73,3 +74,47 @@ def _top_positive(flat: torch.Tensor, k: int) -> torch.Tensor:
     values, idx = flat.topk(min(k, flat.numel()))
     return idx[values > 0].sort().values
 
+
+
+def contrast(attribution: Attribution, protected, mode: str = "erase", weight: float = 1.0) -> Attribution:
+    """Scores for selecting what carries the concept but none of the protected ones (docs/method.md, section 5).
+
+    `protected` is one attribution or a list, one per concept to keep. Each attribution is divided by its own
+    mass (the sum of its scores of the selected sign for the concept, of its positive scores for a protected
+    one), so concepts of different loudness compare. From each component's share of the concept, `weight` x its
+    largest share of any protected concept is taken off: a component that carries the concept and a protected
+    one about equally drops out; one that carries only the concept stays on top. Protected concepts count one
+    by one (the largest share), not summed: a sum dilutes a component that matters to one of them alone (on the
+    toy world, summing the three other shapes first kept far less of them). This is "erase A, keep B" as a
+    margin; the 'drop' rule (mask.protect) vetoes any component with a positive score for B, which on a small
+    model is nearly every component that matters for A.
+    """
+    if mode not in DIRECTIONS:
+        raise CADError(f"Unknown mask mode '{mode}'. Expected 'erase' or 'amplify'.")
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0.0 <= float(weight) <= 100.0:
+        raise CADError(f"protect_weight must be a number from 0 to 100, got {weight!r}.")
+    protected = [protected] if isinstance(protected, Attribution) else list(protected)
+    for other in protected:
+        require_same_model(other.fingerprint, attribution.fingerprint, "A protect attribution", "the attribution",
+                           "Attribute every concept on the same model.")
+    sign = DIRECTIONS[mode]
+    concept_mass = _mass(attribution, sign)
+    if concept_mass <= 0:
+        raise CADError(f"This attribution has no {'positive' if sign > 0 else 'negative'} scores, so there is "
+                       f"nothing to {mode}. Check the prompts of CAD Attribute (the concept and its base).")
+    shares = [(other, _mass(other, 1.0)) for other in protected]
+    scores = {}
+    for key, s in attribution.scores.items():
+        kept = [other.scores[key].float().clamp(min=0) / mass for other, mass in shares
+                if mass > 0 and key in other.scores]
+        share = s.float() / concept_mass
+        if kept:
+            share = share - sign * float(weight) * torch.stack(kept).amax(0)
+        scores[key] = share
+    meta = {**attribution.meta, "protect_mode": "subtract", "protect_weight": float(weight),
+            "protected_concepts": len(protected)}
+    return Attribution(scores, attribution.fingerprint, meta, [])
+
+
+def _mass(attribution: Attribution, sign: float) -> float:
+    return sum(float((s.float() * sign).clamp(min=0).sum()) for s in attribution.scores.values())

@@ -1,7 +1,7 @@
 """CAD Erase Mask / CAD Amplify Mask (select components) and CAD Combine Masks (union)."""
 from comfy_api.latest import io
 
-from ..cad_core import GRANULARITIES, select_components, union
+from ..cad_core import GRANULARITIES, contrast, select_components, union
 from ..cad_core import protect as keep_protected
 from .cad_types import CadAttribution, CadMask
 from .validation import check_choices, check_numbers
@@ -12,6 +12,15 @@ _GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries
                     "global: int(ratio * all scoped weights) over the whole scope.")
 
 
+PROTECT_MODES = ("subtract", "drop")
+_PROTECT_MODE_TIP = (
+    "subtract: rank components by their share of this concept minus protect_weight x their share of the protected "
+    "one (each attribution divided by its own total), so components that carry both drop down the list and the "
+    "selection still reaches the ratio. drop: never select a component with a positive score for the protected "
+    "concept (on small models that vetoes most of what matters, so it erases little). On the toy world, "
+    "cross-attention K/V with subtract erased each shape with the others kept: README, 'Selective erase'.")
+
+
 def _mask_schema(node_id, display_name, description, ratio_tip):
     return io.Schema(
         node_id=node_id, display_name=display_name, category="CAD", description=description,
@@ -20,8 +29,17 @@ def _mask_schema(node_id, display_name, description, ratio_tip):
             io.Float.Input("ratio", default=0.001, min=0.000001, max=1.0, step=0.0001, tooltip=ratio_tip),
             io.Combo.Input("granularity", options=list(GRANULARITIES), default="per_row", tooltip=_GRANULARITY_TIP),
             CadAttribution.Input("protect", optional=True,
-                                 tooltip="Attribution of a concept to keep: components that carry it (positive "
-                                 "score there) are never selected."),
+                                 tooltip="Attribution of a concept to keep, made like the concept's (same model, "
+                                 "scope and objective). How it is kept: protect_mode."),
+            CadAttribution.Input("protect_2", optional=True, tooltip="A second concept to keep."),
+            CadAttribution.Input("protect_3", optional=True,
+                                 tooltip="A third concept to keep. Give each kept concept its own input: summed "
+                                 "into one attribution, they protect each other less."),
+            io.Combo.Input("protect_mode", options=list(PROTECT_MODES), default="subtract", optional=True,
+                           tooltip=_PROTECT_MODE_TIP),
+            io.Float.Input("protect_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
+                           tooltip="subtract only: how much of the protected concept's share is taken off. 0 "
+                           "ignores the protect input; higher keeps the protected concept safer and erases less."),
         ],
         outputs=[CadMask.Output(display_name="mask", tooltip="Selected components; connect to Apply CAD Mask.")],
     )
@@ -39,15 +57,24 @@ class CADEraseMask(io.ComfyNode):
             "Fraction of weights to select (0.001 = 0.1%, the reference default). Only positive scores qualify.")
 
     @classmethod
-    def validate_inputs(cls, granularity, ratio=None):
-        problem = check_choices(granularity=(granularity, GRANULARITIES))
-        return problem if problem is not True else check_numbers(cls, ratio=ratio)
+    def validate_inputs(cls, granularity, ratio=None, protect_mode="subtract", protect_weight=1.0):
+        problem = check_choices(granularity=(granularity, GRANULARITIES), protect_mode=(protect_mode, PROTECT_MODES))
+        return problem if problem is not True else check_numbers(cls, ratio=ratio, protect_weight=protect_weight)
 
     @classmethod
-    def execute(cls, attribution, ratio, granularity, protect=None) -> io.NodeOutput:
-        mask = select_components(attribution, cls.MODE, ratio, granularity)
-        if protect is not None:
-            mask = keep_protected(mask, protect)
+    def execute(cls, attribution, ratio, granularity, protect=None, protect_2=None, protect_3=None,
+                protect_mode="subtract", protect_weight=1.0) -> io.NodeOutput:
+        kept = [p for p in (protect, protect_2, protect_3) if p is not None]
+        if kept and protect_mode == "subtract":
+            mask = select_components(contrast(attribution, kept, cls.MODE, protect_weight), cls.MODE, ratio,
+                                     granularity)
+            mask.meta.update(protect_mode="subtract", protect_weight=float(protect_weight), protected=len(kept))
+        else:
+            mask = select_components(attribution, cls.MODE, ratio, granularity)
+            for reference in kept:
+                mask = keep_protected(mask, reference)
+            if kept:
+                mask.meta.update(protect_mode="drop", protected=len(kept))
         mask.check_nonempty()
         return io.NodeOutput(mask, ui=bounded({"cad_mask": [mask.summary()], "text": [mask.summary_text()]}))
 

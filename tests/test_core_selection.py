@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError, select_components
+from cad_pack.cad_core import Attribution, CADError, contrast, select_components
 
 SIGN = {"erase": 1.0, "amplify": -1.0}
 
@@ -192,3 +192,37 @@ def test_unusable_attribution_refused():
         select_components(attribution({"w": torch.tensor([[1.0, math.nan]])}), "erase", 0.5)
     with pytest.raises(CADError, match="scores no weights"):
         select_components(attribution({}), "erase", 0.5)
+
+
+# --------------------------------------------------------------------------------------------- contrast
+def test_contrast_takes_the_largest_protected_share_off_the_concepts_share():
+    scores = rand_scores(3)
+    kept = [rand_scores(4), rand_scores(5)]
+    out = contrast(attribution(scores), [attribution(k) for k in kept], "erase", 0.7)
+    mass = sum(float(v.clamp(min=0).sum()) for v in scores.values())
+    kept_mass = [sum(float(v.clamp(min=0).sum()) for v in k.values()) for k in kept]
+    for key, s in scores.items():
+        largest = torch.maximum(kept[0][key].clamp(min=0) / kept_mass[0], kept[1][key].clamp(min=0) / kept_mass[1])
+        torch.testing.assert_close(out.scores[key], s / mass - 0.7 * largest)
+    assert out.meta["protect_weight"] == 0.7 and out.meta["protected_concepts"] == 2
+
+
+def test_contrast_for_amplify_divides_by_the_negative_mass_and_pushes_kept_components_up():
+    target = attribution({"a.weight": torch.tensor([[-4.0, -3.0, 1.0, -1.0]])})
+    kept = attribution({"a.weight": torch.tensor([[3.0, 0.0, 0.0, 0.0]])})
+    out = contrast(target, kept, "amplify")
+    torch.testing.assert_close(out.scores["a.weight"], torch.tensor([[0.5, -0.375, 0.125, -0.125]]))
+    assert select_components(out, "amplify", 0.5, "per_row").indices["a.weight"].tolist() == [1, 3]
+
+
+def test_contrast_refuses_other_models_bad_weights_and_a_concept_with_nothing_to_select():
+    target = attribution(rand_scores(1))
+    other = Attribution(rand_scores(2), "fp-other", {"objective": "concept_gap"})
+    with pytest.raises(CADError, match="same model"):
+        contrast(target, other)
+    for weight in (-1.0, float("nan"), True, 1000.0):
+        with pytest.raises(CADError, match="protect_weight"):
+            contrast(target, attribution(rand_scores(2)), "erase", weight)
+    negative = attribution({k: -v.abs() for k, v in rand_scores(1).items()})
+    with pytest.raises(CADError, match="no positive scores"):
+        contrast(negative, attribution(rand_scores(2)))

@@ -37,11 +37,30 @@ def test_erase_and_amplify_pick_opposite_signs_and_report_counts():
     assert erase.ui["cad_mask"][0]["selected"] == 4 and erase.ui["cad_mask"][0]["percent_of_scope"] == 50.0
 
 
-def test_erase_with_protect_keeps_what_the_other_concept_needs():
+def test_erase_with_protect_drop_vetoes_what_the_other_concept_needs():
     target = scores_attribution([[3.0, 2.0, 1.0, 0.5]])
     other = scores_attribution([[1.0, -1.0, 0.2, -3.0]])
-    mask = CADEraseMask.execute(attribution=target, ratio=1.0, granularity="per_row", protect=other).args[0]
+    mask = CADEraseMask.execute(attribution=target, ratio=1.0, granularity="per_row", protect=other,
+                                protect_mode="drop").args[0]
     assert mask.indices[KEY].tolist() == [1, 3] and mask.meta["protected_dropped"] == 2
+
+
+def test_erase_with_protect_subtract_ranks_by_margin_and_still_reaches_the_ratio():
+    # shares of the target: 4/8.5, 3/8.5, 1/8.5, 0.5/8.5; of the kept concepts (largest of the two): 0.1/2.1, 2/2.1,
+    # 3/3, 0 -> margins 0.42, -0.60, -0.88, 0.06: entries 0 and 3. 'drop' vetoes both of the target's top two.
+    target = scores_attribution([[4.0, 3.0, 1.0, 0.5]])
+    kept = scores_attribution([[0.1, 2.0, -1.0, -1.0]]), scores_attribution([[0.0, 0.0, 3.0, 0.0]])
+    mask = CADEraseMask.execute(attribution=target, ratio=0.5, granularity="per_row", protect=kept[0],
+                                protect_2=kept[1]).args[0]
+    assert mask.indices[KEY].tolist() == [0, 3]
+    assert mask.meta["protect_mode"] == "subtract" and mask.meta["protected"] == 2
+    with pytest.raises(CADError, match="selects no weights"):
+        CADEraseMask.execute(attribution=target, ratio=0.5, granularity="per_row", protect=kept[0],
+                             protect_mode="drop")
+    # weight 0 ignores the protected concepts: the plain top two
+    plain = CADEraseMask.execute(attribution=target, ratio=0.5, granularity="per_row", protect=kept[0],
+                                 protect_weight=0.0).args[0]
+    assert plain.indices[KEY].tolist() == [0, 1]
 
 
 def test_empty_selection_is_an_error_not_a_silent_no_op():

@@ -52,56 +52,104 @@ class ToyWorld:
                 self._conds[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
         return self._conds[text]
 
-    def sample(self, model, text: str, n: int, seed: int) -> torch.Tensor:
+    def sample(self, model, text: str, n: int, seed: int, cfg: float = CFG) -> torch.Tensor:
         """n images (n, 3, 32, 32) in [0, 1], sampled as KSampler samples them."""
         with torch.inference_mode():
             latent = torch.zeros((n, 48, 8, 8))
             noise = comfy.sample.prepare_noise(latent, seed)
-            out = comfy.sample.sample(model, noise, SAMPLE_STEPS, CFG, SAMPLER, SCHEDULER, self.cond(text),
+            out = comfy.sample.sample(model, noise, SAMPLE_STEPS, cfg, SAMPLER, SCHEDULER, self.cond(text),
                                       self.cond(""), latent, seed=seed, disable_pbar=True)
             return latent_to_image(out.float())
 
+    def grid(self, model, per_colour: int = 8, seed: int = 0, cfg: float = CFG, shapes=SHAPES) -> "Grid":
+        """Samples of every 'a <colour> <shape>' prompt, `per_colour` each, seeds seed + 1000 x colour index."""
+        images = {(shape, colour): self.sample(model, caption(shape, colour), per_colour, seed + 1000 * ci, cfg)
+                  for shape in shapes for ci, colour in enumerate(COLOUR_NAMES)}
+        return Grid(images, self.classifier)
+
     def accuracy(self, model, shape: str, per_colour: int = 8, seed: int = 0) -> dict:
         """Share of samples for 'a <colour> <shape>' (every colour) showing that shape / that colour."""
-        shape_hits, colour_hits, total = 0, 0, 0
-        for ci, colour in enumerate(COLOUR_NAMES):
-            images = self.sample(model, caption(shape, colour), per_colour, seed + 1000 * ci)
-            shape_hits += int((classify_shapes(self.classifier, images) == SHAPES.index(shape)).sum())
-            colour_hits += int((classify_colours(images) == ci).sum())
-            total += per_colour
-        return {"shape": shape_hits / total, "colour": colour_hits / total, "n": total}
+        return self.grid(model, per_colour, seed, shapes=(shape,)).by_shape()[shape]
 
     def accuracy_table(self, model, per_colour: int = 8, seed: int = 0) -> dict:
-        return {s: self.accuracy(model, s, per_colour, seed) for s in SHAPES}
+        return self.grid(model, per_colour, seed).by_shape()
 
-    def attribute(self, shape: str, objective: str = "concept_gap", steps: int = 20, seed: int = 0,
-                  samples: int = 1, schedule: str = "single", model=None, contrast: str = "colour",
-                  scope: str = "ff", scope_regex: str = ""):
-        """CAD attribution of a shape. contrast='colour' sums, over the colours, 'a <c> <shape>' against
-        'a <c>' (the shape is the only difference); contrast='empty' uses 'a <shape>' against ''."""
+    def attribute(self, concept: str, objective: str = "concept_gap", steps: int = 20, seed: int = 0,
+                  samples: int = 1, schedule: str = "single", model=None, contrast: str = "context",
+                  scope: str = "ff", scope_regex: str = "", guidance: float = CFG):
+        """CAD attribution of a shape or a colour, with attribution seeds seed, seed + 1, ...
+
+        contrast='context' sums over the other attribute: for a shape, 'a <c> <shape>' against 'a <c>' over the
+        colours; for a colour, 'a <colour> <s>' against 'a <s>' over the shapes (the concept is the only
+        difference). contrast='empty' uses 'a <concept>' against '' (the paper's protocol)."""
         model = model or self.model
-        pairs = ([(caption(shape, c), caption(None, c)) for c in COLOUR_NAMES] if contrast == "colour"
-                 else [(caption(shape, None), "")])
+        is_shape = concept in SHAPES
+        if concept not in SHAPES + COLOUR_NAMES:
+            raise ValueError(f"unknown concept {concept!r}: expected one of {SHAPES + COLOUR_NAMES}")
+        if contrast == "context":
+            cells = [(concept, c) for c in COLOUR_NAMES] if is_shape else [(s, concept) for s in SHAPES]
+            pairs = [(caption(s, c), caption(None, c) if is_shape else caption(s, None)) for s, c in cells]
+        else:
+            cells = [(concept, None) if is_shape else (None, concept)]
+            pairs = [(caption(*cells[0]), "")]
         parts = []
-        for i, (positive, base) in enumerate(pairs):
-            concept = None
+        for i, ((positive, base), cell) in enumerate(zip(pairs, cells)):
+            concept_latent = None
             if objective_named(objective).takes_images:   # rendered pictures of the concept
-                concept = {"samples": concept_latents(shape, COLOUR_NAMES[i % 4] if contrast == "colour" else None,
-                                                      samples, seed + i)}
+                concept_latent = {"samples": concept_latents(*cell, samples, seed + i)}
             with torch.inference_mode():
                 parts.append(attribute_model(
                     model, self.cond(positive), self.cond(base), {"samples": torch.zeros((1, 48, 8, 8))},
-                    objective=objective, steps=steps, guidance=CFG, seed=seed + i, samples=samples, scope=scope, scope_regex=scope_regex,
-                    schedule=schedule, concept_latent=concept))
+                    objective=objective, steps=steps, guidance=guidance, seed=seed + i, samples=samples, scope=scope,
+                    scope_regex=scope_regex, schedule=schedule, concept_latent=concept_latent))
         return sum_attributions(parts)
 
 
-def concept_latents(shape: str, colour: str | None, n: int, seed: int) -> torch.Tensor:
-    """Latents of rendered images of the concept (what VAE Encode of real pictures would give)."""
+@dataclass
+class Grid:
+    """Images of the 'a <colour> <shape>' prompts of one model with their scores. Two grids made with the same
+    seeds compare image by image: distance() is the mean absolute pixel difference (0-1 scale), which is what
+    an artist sees as "the picture changed" even where the shape is still recognised."""
+    images: dict
+    classifier: object
+
+    def __post_init__(self):
+        self.shape_hits = {k: classify_shapes(self.classifier, im) == SHAPES.index(k[0]) for k, im in self.images.items()}
+        self.colour_hits = {k: classify_colours(im) == COLOUR_NAMES.index(k[1]) for k, im in self.images.items()}
+
+    def _share(self, hits, keys) -> float:
+        return float(sum(int(hits[k].sum()) for k in keys)) / sum(int(hits[k].numel()) for k in keys)
+
+    def by_shape(self) -> dict:
+        """{shape: {shape: accuracy, colour: accuracy, n}} over the shape's prompts of every colour."""
+        shapes = dict.fromkeys(k[0] for k in self.images)
+        out = {}
+        for s in shapes:
+            keys = [k for k in self.images if k[0] == s]
+            out[s] = {"shape": self._share(self.shape_hits, keys), "colour": self._share(self.colour_hits, keys),
+                      "n": sum(self.images[k].shape[0] for k in keys)}
+        return out
+
+    def by_colour(self) -> dict:
+        """{colour: {colour: accuracy, shape: accuracy}} over the colour's prompts of every shape."""
+        out = {}
+        for c in dict.fromkeys(k[1] for k in self.images):
+            keys = [k for k in self.images if k[1] == c]
+            out[c] = {"colour": self._share(self.colour_hits, keys), "shape": self._share(self.shape_hits, keys)}
+        return out
+
+    def distance(self, reference: "Grid", keep=lambda shape, colour: True) -> float:
+        """Mean absolute pixel difference (0-1) to `reference`'s images of the same prompts and seeds, over the
+        prompts `keep(shape, colour)` accepts."""
+        diffs = [(self.images[k] - reference.images[k]).abs().mean().item() for k in self.images if keep(*k)]
+        return sum(diffs) / len(diffs)
+
+
+def concept_latents(shape: str | None, colour: str | None, n: int, seed: int) -> torch.Tensor:
+    """Latents of rendered images of the concept (what VAE Encode of real pictures would give); None = any."""
     from cad_pack.nodes.toyworld.model import image_to_latent
     rng = np.random.default_rng(seed)
-    colours = (colour,) if colour else COLOUR_NAMES
-    images, _, _ = batch(rng, n, shapes=(shape,), colours=colours)
+    images, _, _ = batch(rng, n, shapes=(shape,) if shape else SHAPES, colours=(colour,) if colour else COLOUR_NAMES)
     return image_to_latent(torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
