@@ -232,6 +232,11 @@ class Server:
     def history(self, prompt_id: str):
         return (self.get(f"/history/{urllib.parse.quote(prompt_id)}") or {}).get(prompt_id)
 
+    def queued_ids(self) -> set:
+        """Ids of the prompts the server is running or has waiting."""
+        queue = self.get("/queue") or {}
+        return {item[1] for item in queue.get("queue_running", []) + queue.get("queue_pending", [])}
+
     def listed_files(self, folder: str = "cad") -> set:
         status, body = self.request(f"/models/{folder}")
         return set(body) if status == 200 and isinstance(body, list) else set()
@@ -279,6 +284,9 @@ def read_outcome(entry: dict, settings: Settings) -> Outcome | None:
         if kind == "execution_interrupted":
             return Outcome(False, "interrupted on the server (someone pressed Cancel or POSTed /interrupt)",
                            files=files)
+    if status.get("status_str") == "removed":
+        return Outcome(False, "the prompt left the server's queue without running (deleted from the queue, or "
+                              "the queue was cleared)")
     if status.get("status_str") not in (None, "success"):
         return Outcome(False, f"the server reports status {status.get('status_str')!r}", files=files)
     cached = {node for kind, data in messages if kind == "execution_cached" for node in data.get("nodes", [])}
@@ -311,7 +319,7 @@ class Index:
                                 "status": "pending"} for c in concepts}
 
     def load_previous(self) -> None:
-        """Take over the done entries of an earlier run in the same folder (made with the same settings)."""
+        """Take over the done and submitted entries of an earlier run in the same folder (same settings)."""
         if not os.path.exists(self.json_path):
             return
         try:
@@ -328,11 +336,14 @@ class Index:
                                  f"resume, or choose another --out.")
         for entry in previous.get("concepts", []):
             key = f"{entry.get('concept')} | {entry.get('base')}"
-            if key in self.entries and entry.get("status") == "done":
+            if key in self.entries and entry.get("status") in ("done", "submitted"):
                 self.entries[key] = {**entry, "line": self.entries[key]["line"]}
 
     def done_keys(self) -> set:
-        return {key for key, e in self.entries.items() if e["status"] == "done"}
+        return self.keys_with("done")
+
+    def keys_with(self, status: str) -> set:
+        return {key for key, e in self.entries.items() if e["status"] == status}
 
     def forget(self, key: str, why: str) -> None:
         entry = self.entries[key]
@@ -452,6 +463,28 @@ def drop_done_without_files(index: Index, servers) -> None:
             index.forget(key, f"redone: {', '.join(missing)} no longer listed by any server")
 
 
+def adopt_submitted(index: Index, servers, concepts) -> dict:
+    """Prompts an earlier, interrupted run left on a server (index status 'submitted') are followed again rather
+    than submitted twice, if that server is in this run and still has them queued or in its history:
+    {server url: InFlight}. The others go back to pending."""
+    by_url, by_key = {s.url: s for s in servers}, {c.key: c for c in concepts}
+    adopted = {}
+    for key in sorted(index.keys_with("submitted"), key=lambda k: index.entries[k]["line"]):
+        entry = index.entries[key]
+        server, prompt_id = by_url.get(entry.get("server")), entry.get("prompt_id")
+        known = False
+        if server is not None and prompt_id and server.url not in adopted:
+            try:
+                known = prompt_id in server.queued_ids() or server.history(prompt_id) is not None
+            except ServerLost:
+                known = False
+        if known:
+            adopted[server.url] = InFlight(by_key[key], prompt_id, entry.get("submitted_at") or time.time())
+        else:
+            index.forget(key, "submitted by an earlier run whose prompt no server of this run has: submitted again")
+    return adopted
+
+
 # --- the run -----------------------------------------------------------------------------------------------
 @dataclass
 class InFlight:
@@ -500,11 +533,11 @@ class Progress:
 class Bank:
     """Hands the pending concepts to the servers, one in flight per server, and records every outcome."""
 
-    def __init__(self, servers, settings: Settings, index: Index, todo, slugs, progress: Progress):
+    def __init__(self, servers, settings: Settings, index: Index, todo, slugs, progress: Progress, adopted=None):
         self.live = list(servers)
         self.settings, self.index, self.slugs, self.progress = settings, index, slugs, progress
         self.pending = deque(todo)
-        self.in_flight = {}  # server url -> InFlight
+        self.in_flight = dict(adopted or {})  # server url -> InFlight
         self.failed = 0
 
     def run(self) -> int:
@@ -529,6 +562,9 @@ class Bank:
             return
         if state == "queued":
             self.in_flight[server.url] = InFlight(concept, detail, time.time())
+            # recorded before it finishes, so a re-run after a kill follows this prompt instead of repeating it
+            self.index.record(concept.key, status="submitted", server=server.url, prompt_id=detail,
+                              submitted_at=round(time.time(), 3))
         else:
             self._finish(server, InFlight(concept, "", time.time()), Outcome(False, f"refused: {detail}"))
 
@@ -536,6 +572,10 @@ class Bank:
         flight = self.in_flight[server.url]
         try:
             entry = server.history(flight.prompt_id)
+            if entry is None and flight.prompt_id not in server.queued_ids():
+                entry = server.history(flight.prompt_id)  # it may have finished between the two requests
+                if entry is None:
+                    entry = {"status": {"status_str": "removed", "messages": []}}
         except ServerLost as e:
             self._lose(server, e)
             return
@@ -550,6 +590,8 @@ class Bank:
         flight = self.in_flight.pop(server.url, None)
         if flight is not None:
             self.pending.appendleft(flight.concept)
+            self.index.forget(flight.concept.key, f"its server {server.url} was lost while it ran")
+            self.index.write()
         moved = f"; '{flight.concept.text}' goes to another server" if flight else ""
         self.progress.note(f"server lost: {why}{moved} ({len(self.live)} server(s) left)")
 
@@ -639,7 +681,8 @@ def settings_from(args) -> Settings:
 
 
 def prepare(args):
-    """Everything checked before any work: (servers, settings, index, concepts to do, slugs, skipped lines)."""
+    """Everything checked before any work: (servers, settings, index, concepts to submit, prompts of an earlier
+    run to follow, slugs, skipped lines)."""
     settings = settings_from(args)
     concept_list = read_concepts(args.concepts, args.base)
     urls = [u.rstrip("/") for u in args.server]
@@ -653,15 +696,16 @@ def prepare(args):
     index = Index(args.out, settings, concept_list.concepts, slugs)
     index.load_previous()
     drop_done_without_files(index, servers)
-    done = index.done_keys()
-    todo = [c for c in concept_list.concepts if c.key not in done]
-    return servers, settings, index, todo, slugs, concept_list.skipped_lines
+    adopted = adopt_submitted(index, servers, concept_list.concepts)
+    started = index.done_keys() | {flight.concept.key for flight in adopted.values()}
+    todo = [c for c in concept_list.concepts if c.key not in started]
+    return servers, settings, index, todo, adopted, slugs, concept_list.skipped_lines
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        servers, settings, index, todo, slugs, skipped = prepare(args)
+        servers, settings, index, todo, adopted, slugs, skipped = prepare(args)
     except BankInputError as e:
         print(f"concept bank: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -669,9 +713,11 @@ def main(argv=None) -> int:
         print(f"concept bank: skipped {len(skipped)} empty or '#' line(s): {', '.join(map(str, skipped[:20]))}"
               f"{' ...' if len(skipped) > 20 else ''}", file=sys.stderr)
     index.write()
-    progress = Progress(len(todo), len(index.done_keys()))
+    progress = Progress(len(todo) + len(adopted), len(index.done_keys()))
+    if adopted:
+        progress.note(f"following {len(adopted)} prompt(s) an earlier run left on its server(s)")
     try:
-        code = Bank(servers, settings, index, todo, slugs, progress).run()
+        code = Bank(servers, settings, index, todo, slugs, progress, adopted).run()
     finally:
         progress.close()
     entries = index.entries.values()

@@ -166,6 +166,17 @@ class FakeServer:
         self.polls[prompt_id] = self.polls.get(prompt_id, 0) + 1
         return history_entry() if self.polls[prompt_id] >= 2 else {"status": {}, "outputs": {}}
 
+    def queued_ids(self):
+        self._refuse_if_dead()
+        return set()
+
+
+class ForgetfulServer(FakeServer):
+    """Its queue loses every prompt (someone clears it): not in /history, not in /queue."""
+
+    def history(self, prompt_id):
+        return None
+
 
 class QuietProgress:
     def __init__(self):
@@ -211,6 +222,36 @@ def test_every_server_lost_stops_with_a_resumable_index(tmp_path, monkeypatch):
     assert "re-run the same command" in progress.notes[-1]
     saved = json.loads((tmp_path / "index.json").read_text())
     assert [e["status"] for e in saved["concepts"]] == ["pending"] * 4
+
+
+def test_a_prompt_removed_from_the_servers_queue_fails_instead_of_waiting_forever(tmp_path, monkeypatch):
+    code, index, _ = run_fake_bank(tmp_path, [ForgetfulServer("http://one")], monkeypatch, text=b"a\n")
+    assert code == bank.EXIT_FAILED
+    assert "left the server's queue without running" in index.entries["a | "]["error"]
+
+
+def test_a_prompt_an_interrupted_run_left_on_a_server_is_followed_not_repeated(tmp_path):
+    index, concepts = make_index(tmp_path, b"a\nb\nc\n")
+    queued, lost = FakeServer("http://one"), FakeServer("http://two")
+    queued.queued_ids = lambda: {"p-a"}
+    index.record("a | ", status="submitted", server="http://one", prompt_id="p-a", submitted_at=100.0)
+    index.record("b | ", status="submitted", server="http://two", prompt_id="p-b", submitted_at=100.0)
+    index.record("c | ", status="submitted", server="http://gone", prompt_id="p-c", submitted_at=100.0)
+    lost.history = lambda prompt_id: None  # 'two' was restarted: it knows no p-b
+    adopted = bank.adopt_submitted(index, [queued, lost], concepts)
+    assert {url: (f.concept.text, f.prompt_id, f.started) for url, f in adopted.items()} == {
+        "http://one": ("a", "p-a", 100.0)}
+    assert index.entries["b | "]["status"] == index.entries["c | "]["status"] == "pending"
+
+
+def test_progress_without_tqdm_prints_counts_and_an_eta(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+    progress = bank.Progress(total=4, already_done=2)
+    progress.advance(failed=False)
+    progress.advance(failed=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "2 concept(s) already done in the index: skipped"
+    assert lines[2].startswith("concept bank: 2/4 done, 1 failed,") and " ETA " in lines[2]
 
 
 # --- the command on real servers ---------------------------------------------------------------------------
@@ -387,6 +428,34 @@ def test_every_server_lost_stops_clearly_and_the_rerun_finishes(two_servers, tmp
     assert rerun.returncode == 0, rerun.stderr
     assert prompts_run(a) == before + 3
     assert [e["status"] for e in read_index(out)["concepts"]] == ["done"] * 3
+
+
+@pytest.mark.server
+def test_a_killed_command_leaves_a_whole_index_and_the_rerun_repeats_no_prompt(two_servers, tmp_path):
+    a, _ = two_servers
+    concepts = write_concepts(tmp_path, ["a green triangle", "a blue triangle", "a yellow triangle"])
+    out = tmp_path / "out"
+    before = prompts_run(a)
+    proc = run_bank(concepts, [a], out, "--steps", "25", "--ratio", "0.05", wait=False)
+    wait_until_running(a, proc)
+    deadline = time.time() + 60  # the command records the prompt right after ComfyUI accepts it
+    while read_index(out)["concepts"][0]["status"] != "submitted" and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no clean-up of any kind
+    proc.communicate()
+    index = read_index(out)  # whole JSON: it was replaced atomically
+    assert [e["status"] for e in index["concepts"]] == ["submitted", "pending", "pending"]
+    assert sorted(os.listdir(out)) == ["index.csv", "index.json"]
+
+    rerun = run_bank(concepts, [a], out, "--steps", "25", "--ratio", "0.05")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "following 1 prompt(s) an earlier run left" in rerun.stderr
+    assert prompts_run(a) == before + 3, "a prompt was submitted twice"
+    entries = read_index(out)["concepts"]
+    assert [e["status"] for e in entries] == ["done"] * 3
+    assert entries[0]["prompt_id"] == index["concepts"][0]["prompt_id"]
+    ours = [f for f in bank_folder_files(a) if "triangle" in f and not f.startswith("a_triangle")]
+    assert sorted(ours) == sorted(os.path.basename(f) for e in entries for f in e["files"].values())
 
 
 class NoPackHandler(http.server.BaseHTTPRequestHandler):
