@@ -41,6 +41,7 @@ from hashlib import sha1
 from http.client import HTTPException
 
 INDEX_FORMAT = 1
+TEMP_PREFIX = ".tmp-"  # the index's temporary files: OUT/.tmp-XXXX-index.json
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ALL_SERVERS_LOST = 0, 1, 2, 3
 SAVE_CHOICES = {"attribution": ("attribution",), "mask": ("mask",), "both": ("attribution", "mask")}
 POLL_SECONDS = 0.25
@@ -318,6 +319,13 @@ class Index:
         self.entries = {c.key: {"line": c.line, "concept": c.text, "base": c.base, "slug": slugs[c.key],
                                 "status": "pending"} for c in concepts}
 
+    def remove_stale_temporaries(self) -> None:
+        """A run killed while replacing the index leaves its temporary file (never the index half-written):
+        the next run removes it."""
+        for name in os.listdir(self.out_dir):
+            if name.startswith(TEMP_PREFIX) and name.endswith(("-index.json", "-index.csv")):
+                os.remove(os.path.join(self.out_dir, name))
+
     def load_previous(self) -> None:
         """Take over the done and submitted entries of an earlier run in the same folder (same settings)."""
         if not os.path.exists(self.json_path):
@@ -387,7 +395,8 @@ def _csv_text(rows) -> str:
 def _replace_atomically(path: str, text: str) -> None:
     """Write a temporary file beside `path`, flush it to disk, then rename it over `path`: a reader (or a kill)
     sees the old file or the new one, never half of one."""
-    handle, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix="-" + os.path.basename(path))
+    handle, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=TEMP_PREFIX,
+                                    suffix="-" + os.path.basename(path))
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -694,6 +703,7 @@ def prepare(args):
     slugs = slugs_for(concept_list.concepts)
     os.makedirs(args.out, exist_ok=True)
     index = Index(args.out, settings, concept_list.concepts, slugs)
+    index.remove_stale_temporaries()
     index.load_previous()
     drop_done_without_files(index, servers)
     adopted = adopt_submitted(index, servers, concept_list.concepts)

@@ -135,6 +135,14 @@ def test_index_is_replaced_atomically_and_resumes_done_entries(tmp_path, monkeyp
     assert sorted(os.listdir(tmp_path)) == ["index.csv", "index.json"]
 
 
+def test_a_killed_runs_temporary_index_file_is_removed_and_nothing_else(tmp_path):
+    index, _ = make_index(tmp_path)
+    for name in (".tmp-k3j2-index.json", ".tmp-x9-index.csv", "notes.txt", ".tmp-mine"):
+        (tmp_path / name).write_text("{")
+    index.remove_stale_temporaries()
+    assert sorted(os.listdir(tmp_path)) == [".tmp-mine", "notes.txt"]
+
+
 def test_index_made_with_other_settings_is_refused(tmp_path):
     index, _ = make_index(tmp_path)
     index.write()
@@ -445,7 +453,9 @@ def test_a_killed_command_leaves_a_whole_index_and_the_rerun_repeats_no_prompt(t
     proc.communicate()
     index = read_index(out)  # whole JSON: it was replaced atomically
     assert [e["status"] for e in index["concepts"]] == ["submitted", "pending", "pending"]
-    assert sorted(os.listdir(out)) == ["index.csv", "index.json"]
+    assert [r["status"] for r in csv.DictReader(open(out / "index.csv"))][1:] == ["pending", "pending"]
+    # the kill may land while a temporary file is being written beside the index; the re-run removes it
+    assert {f for f in os.listdir(out) if not f.startswith(bank.TEMP_PREFIX)} == {"index.csv", "index.json"}
 
     rerun = run_bank(concepts, [a], out, "--steps", "25", "--ratio", "0.05")
     assert rerun.returncode == 0, rerun.stderr
@@ -454,6 +464,7 @@ def test_a_killed_command_leaves_a_whole_index_and_the_rerun_repeats_no_prompt(t
     entries = read_index(out)["concepts"]
     assert [e["status"] for e in entries] == ["done"] * 3
     assert entries[0]["prompt_id"] == index["concepts"][0]["prompt_id"]
+    assert sorted(os.listdir(out)) == ["index.csv", "index.json"]
     ours = [f for f in bank_folder_files(a) if "triangle" in f and not f.startswith("a_triangle")]
     assert sorted(ours) == sorted(os.path.basename(f) for e in entries for f in e["files"].values())
 
