@@ -266,6 +266,14 @@ class Outcome:
     files: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     mask: dict = field(default_factory=dict)
+    run_seconds: float | None = None  # from the server's execution_start to its last message
+
+
+def _run_seconds(messages) -> float | None:
+    stamps = {kind: data.get("timestamp") for kind, data in messages if isinstance(data, dict)}
+    start = stamps.get("execution_start")
+    end = stamps.get("execution_success") or stamps.get("execution_error") or stamps.get("execution_interrupted")
+    return round((end - start) / 1000, 3) if isinstance(start, (int, float)) and isinstance(end, (int, float)) else None
 
 
 def read_outcome(entry: dict, settings: Settings) -> Outcome | None:
@@ -300,11 +308,11 @@ def read_outcome(entry: dict, settings: Settings) -> Outcome | None:
             return Outcome(False, f"Save CAD {what} (node {node}) reported no file", files=files)
     summary = ((outputs.get(ATTRIBUTE) or {}).get("cad_summary") or [{}])[0]
     mask = ((outputs.get(MASK) or {}).get("cad_mask") or [{}])[0]
-    return Outcome(True, files=files, summary=summary, mask=mask)
+    return Outcome(True, files=files, summary=summary, mask=mask, run_seconds=_run_seconds(messages))
 
 
 # --- the index ---------------------------------------------------------------------------------------------
-CSV_FIXED = ["line", "concept", "base", "status", "server", "seconds", "attribution_file", "mask_file",
+CSV_FIXED = ["line", "concept", "base", "status", "server", "seconds", "wall_seconds", "attribution_file", "mask_file",
              "weights", "masked", "positive_mass", "negative_mass", "error"]
 
 
@@ -384,7 +392,8 @@ def _csv_text(rows) -> str:
         files = row.get("files") or {}
         per_block = {b["block"]: b for b in row.get("blocks") or []}
         writer.writerow([row["line"], row["concept"], row["base"], row["status"], row.get("server", ""),
-                         row.get("seconds", ""), files.get("attribution", ""), files.get("mask", ""),
+                         row.get("seconds", ""), row.get("wall_seconds", ""), files.get("attribution", ""),
+                         files.get("mask", ""),
                          row.get("weights", ""), row.get("masked", ""), row.get("positive_mass", ""),
                          row.get("negative_mass", ""), row.get("error", "")]
                         + [per_block.get(b, {}).get(f"{sign}_mass", "") for b in blocks
@@ -605,8 +614,11 @@ class Bank:
         self.progress.note(f"server lost: {why}{moved} ({len(self.live)} server(s) left)")
 
     def _finish(self, server: Server, flight: InFlight, outcome: Outcome) -> None:
-        seconds = round(time.time() - flight.started, 2)
-        base = {"server": server.url, "prompt_id": flight.prompt_id, "seconds": seconds}
+        # seconds: the server's own run time of the prompt where its messages carry one; wall_seconds: from
+        # submission until the command saw it finish (queue waits and polling included)
+        wall_seconds = round(time.time() - flight.started, 2)
+        base = {"server": server.url, "prompt_id": flight.prompt_id, "wall_seconds": wall_seconds,
+                "seconds": outcome.run_seconds if outcome.run_seconds is not None else wall_seconds}
         if outcome.ok:
             summary = outcome.summary
             self.index.record(flight.concept.key, status="done", files=outcome.files, **base,
