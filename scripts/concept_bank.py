@@ -18,7 +18,7 @@ skipped. A server that stops answering loses its concept to another server; if e
 command stops (exit 3) with the index ready for a re-run.
 
 Exit codes: 0 every concept done; 1 some concepts failed (the index holds the servers' messages);
-2 bad input (nothing was submitted); 3 every server was lost.
+2 bad input (nothing was submitted); 3 every server was lost; 130 interrupted (Ctrl-C).
 
 Only the standard library is needed (tqdm, if installed, draws the progress bar).
 """
@@ -42,7 +42,7 @@ from http.client import HTTPException
 
 INDEX_FORMAT = 1
 TEMP_PREFIX = ".tmp-"  # the index's temporary files: OUT/.tmp-XXXX-index.json
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ALL_SERVERS_LOST = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ALL_SERVERS_LOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 SAVE_CHOICES = {"attribution": ("attribution",), "mask": ("mask",), "both": ("attribution", "mask")}
 POLL_SECONDS = 0.25
 # Node ids of the prompt built for each concept (build_graph); the index reads their outputs.
@@ -426,7 +426,7 @@ def check_servers(servers, settings: Settings) -> None:
         try:
             problems += _server_problems(server, settings)
         except ServerLost as e:
-            problems.append(f"{server.url}: unreachable ({e}). Start ComfyUI there, or fix the --server URL "
+            problems.append(f"{e}: unreachable. Start ComfyUI there, or fix the --server URL "
                             f"(e.g. http://127.0.0.1:8188).")
     if problems:
         raise BankInputError("Server check failed, nothing was submitted:\n  " + "\n  ".join(problems))
@@ -713,7 +713,11 @@ def prepare(args):
     servers = [Server(u, args.timeout) for u in urls]
     check_servers(servers, settings)
     slugs = slugs_for(concept_list.concepts)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise BankInputError(f"--out {args.out!r} cannot be used as a folder ({e.strerror}). Give a folder path "
+                             f"(it is created if missing).") from None
     index = Index(args.out, settings, concept_list.concepts, slugs)
     index.remove_stale_temporaries()
     index.load_previous()
@@ -731,6 +735,9 @@ def main(argv=None) -> int:
     except BankInputError as e:
         print(f"concept bank: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ServerLost as e:  # answered the checks, then went away before the run began
+        print(f"concept bank: {e}. Nothing was submitted; re-run once the server answers.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if skipped:
         print(f"concept bank: skipped {len(skipped)} empty or '#' line(s): {', '.join(map(str, skipped[:20]))}"
               f"{' ...' if len(skipped) > 20 else ''}", file=sys.stderr)
@@ -740,8 +747,12 @@ def main(argv=None) -> int:
         progress.note(f"following {len(adopted)} prompt(s) an earlier run left on its server(s)")
     try:
         code = Bank(servers, settings, index, todo, slugs, progress, adopted).run()
-    finally:
+    except KeyboardInterrupt:
         progress.close()
+        print(f"concept bank: interrupted. Prompts already submitted keep running on their servers; re-run the same "
+              f"command to collect them and do the rest (index: {index.json_path}).", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    progress.close()
     entries = index.entries.values()
     done = sum(e["status"] == "done" for e in entries)
     failed = sum(e["status"] == "failed" for e in entries)

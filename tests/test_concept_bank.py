@@ -65,6 +65,18 @@ def test_combo_options_in_both_object_info_forms():
     assert bank.combo_options(None) == []
 
 
+def test_bad_settings_are_all_listed_before_the_concepts_or_servers_are_read(tmp_path, capsys):
+    code = bank.main([str(tmp_path / "absent.txt"), "--demo-model", "--server", "http://127.0.0.1:1",
+                      "--out", str(tmp_path / "out"), "--steps", "0", "--ratio", "1.5", "--size", "60",
+                      "--prefix", "../escape"])
+    assert code == bank.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    for phrase in ("--steps and --samples must be at least 1", "--ratio must be in (0, 1], got 1.5",
+                   "--size must be a positive multiple of 8, got 60", "--prefix '../escape' must be a relative"):
+        assert phrase in err, phrase
+    assert not (tmp_path / "out").exists()
+
+
 # --- outcomes and the index ------------------------------------------------------------------------------
 def settings(**changes):
     values = dict(checkpoint=None, objective="concept_gap", scope="ff", scope_regex="", steps=3, samples=1,
@@ -516,7 +528,8 @@ def test_bad_input_is_refused_before_anything_is_submitted(two_servers, tmp_path
         ([str(latin1), "--demo-model"], [a], "is not UTF-8 text (undecodable byte 0xe9 on line 2)"),
         ([good, "--checkpoint", "sd15.safetensors"], [a, b],
          f"{a.url}: checkpoint 'sd15.safetensors' is not in its models/checkpoints/ (it has: none)"),
-        ([good, "--demo-model"], [a, nobody], f"{nobody}: unreachable"),
+        ([good, "--demo-model"], [a, nobody], f"{nobody} does not answer ([Errno 111] Connection refused): "
+                                              f"unreachable. Start ComfyUI there"),
         ([good, "--demo-model"], [a, comfyui_without_pack],
          f"{comfyui_without_pack}: the comfyui-cad pack is not installed there (no CADAttribute in /object_info)"),
         ([good, "--demo-model", "--objective", "concept_vibes"], [a], "objective 'concept_vibes' is not one"),
