@@ -279,14 +279,15 @@ def test_progress_without_tqdm_prints_counts_and_an_eta(monkeypatch, capsys):
 
 
 # --- the command on real servers ---------------------------------------------------------------------------
-def demo_server(name):
-    """A real ComfyUI with the pack and no checkpoint (the CAD Demo Model needs none)."""
-    return running_server(f"bank_{name}", checkpoint=None)
+def demo_server(name, checkpoint=None):
+    """A real ComfyUI with the pack (the CAD Demo Model needs no checkpoint)."""
+    return running_server(f"bank_{name}", checkpoint=checkpoint)
 
 
 @pytest.fixture(scope="module")
-def two_servers():
-    with demo_server("a") as a, demo_server("b") as b:
+def two_servers(sd15_test_checkpoint):
+    """Server a has no checkpoint, server b the narrow random SD1.5 test checkpoint."""
+    with demo_server("a") as a, demo_server("b", sd15_test_checkpoint) as b:
         yield a, b
 
 
@@ -296,8 +297,8 @@ def write_concepts(tmp_path, lines, name="concepts.txt"):
     return str(path)
 
 
-def run_bank(concepts, servers, out, *extra, wait=True):
-    cmd = [sys.executable, BANK, concepts, "--demo-model", "--out", str(out), *extra]
+def run_bank(concepts, servers, out, *extra, wait=True, model=("--demo-model",)):
+    cmd = [sys.executable, BANK, concepts, *model, "--out", str(out), *extra]
     for server in servers:
         cmd += ["--server", server if isinstance(server, str) else server.url]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -485,6 +486,25 @@ def test_a_killed_command_leaves_a_whole_index_and_the_rerun_repeats_no_prompt(t
     assert sorted(ours) == sorted(os.path.basename(f) for e in entries for f in e["files"].values())
 
 
+@pytest.mark.server
+def test_a_checkpoint_bank_attributes_the_checkpoints_model(two_servers, tmp_path, cad_pack):
+    from cad_pack.cad_core import load_attribution
+
+    _, b = two_servers
+    concepts = write_concepts(tmp_path, ["a photo of a cat"])
+    out = tmp_path / "out"
+    result = run_bank(concepts, [b], out, "--steps", "2", "--size", "64", "--save", "attribution",
+                      model=("--checkpoint", b.ckpt_name))
+    assert result.returncode == 0, result.stderr
+    entry = read_index(out)["concepts"][0]
+    assert entry["status"] == "done" and list(entry["files"]) == ["attribution"] and entry["masked"] is None
+    attribution = load_attribution(os.path.join(b.base_dir, "models", "cad", entry["files"]["attribution"]))
+    # the test checkpoint's ff scope: 4 transformer blocks of [2560, 320] and [320, 1280] (test_server_e2e.py)
+    assert entry["weights"] == attribution.total_weights == 4 * (2560 * 320 + 320 * 1280)
+    assert [row["block"] for row in entry["blocks"]] == ["input_blocks.1", "middle_block", "output_blocks.0",
+                                                          "output_blocks.1"]
+
+
 class NoPackHandler(http.server.BaseHTTPRequestHandler):
     """A web server answering like ComfyUI without the pack: /object_info/<unknown node> is {}."""
 
@@ -528,6 +548,9 @@ def test_bad_input_is_refused_before_anything_is_submitted(two_servers, tmp_path
         ([str(latin1), "--demo-model"], [a], "is not UTF-8 text (undecodable byte 0xe9 on line 2)"),
         ([good, "--checkpoint", "sd15.safetensors"], [a, b],
          f"{a.url}: checkpoint 'sd15.safetensors' is not in its models/checkpoints/ (it has: none)"),
+        ([good, "--checkpoint", "sd15.safetensors"], [a, b],
+         f"{b.url}: checkpoint 'sd15.safetensors' is not in its models/checkpoints/ (it has: {b.ckpt_name})"),
+        ([good, "--checkpoint", b.ckpt_name], [a, b], f"{a.url}: checkpoint '{b.ckpt_name}' is not in its"),
         ([good, "--demo-model"], [a, nobody], f"{nobody} does not answer ([Errno 111] Connection refused): "
                                               f"unreachable. Start ComfyUI there"),
         ([good, "--demo-model"], [a, comfyui_without_pack],
