@@ -10,7 +10,7 @@ COMFYUI_033 := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI-0.33.0)
 PY_033 := .venv-comfyui-0.33/bin/python
 
 .PHONY: setup setup-0.33 setup-browser test test-browser test-0.33 test-browser-0.33 test-matrix demo bench \
-	bench-gpu gpu-compat efficacy examples
+	bench-gpu gpu-compat efficacy examples bench-bank
 
 setup:
 	bash scripts/setup_env.sh
@@ -71,3 +71,7 @@ efficacy: setup
 # under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md
 gpu-compat: setup setup-0.33
 	$(PY) benchmarks/gpu_compat.py
+
+# Concept bank throughput on the CAD Demo Model with 1 and 2 local servers (~1 min): benchmarks/results/concept_bank_cpu.md
+bench-bank: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/concept_bank_throughput.py
