@@ -10,7 +10,7 @@ COMFYUI_033 := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI-0.33.0)
 PY_033 := .venv-comfyui-0.33/bin/python
 
 .PHONY: setup setup-0.33 setup-browser test test-browser test-0.33 test-browser-0.33 test-matrix demo bench \
-	bench-gpu gpu-compat efficacy examples bench-bank
+	bench-gpu gpu-compat efficacy selective-erase examples bench-bank
 
 setup:
 	bash scripts/setup_env.sh
@@ -66,6 +66,11 @@ bench-gpu: setup
 # The toy world's efficacy table (erase/amplify with controls, faithfulness): benchmarks/results/efficacy.md
 efficacy: setup
 	$(PY) benchmarks/efficacy.py
+
+# Erase one concept and keep the rest (toy world, ~30 min): one shape, a colour, two shapes, amplifying weak shapes
+# at CFG 1, with controls and the distance of the spared pictures: benchmarks/results/selective_erase.md
+selective-erase: setup
+	$(PY) benchmarks/selective_erase.py
 
 # On a CUDA GPU: CAD Attribute's alpha = plain autograd, exact masks, untouched originals, on both ComfyUI legs
 # under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md

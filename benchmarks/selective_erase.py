@@ -36,6 +36,9 @@ from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(HERE, "results")
 SCOPES = {"ff": {"scope": "ff"}, "kv": {"scope": "regex", "scope_regex": r"attn2\.to_[kv]"}}
 SCOPE_LABELS = {"ff": "ff", "kv": "cross-attention K/V (regex attn2\\.to_[kv])"}
+CONTRASTS = {"empty": "'a <concept>' against the empty prompt (the paper's protocol)",
+             "context": "a shape summed over 'a <colour> <shape>' against 'a <colour>' for the four colours, a colour "
+                        "over 'a <colour> <shape>' against 'a <shape>' for the four shapes"}
 # The issue's bar for "selective": the target gone, everything else kept, pictures barely moved
 TARGET_MAX, KEEP_MIN, DISTANCE_FACTOR = 0.10, 0.90, 2.0
 
@@ -49,11 +52,16 @@ def parse_args():
     ap.add_argument("--ff-ratio", type=float, default=0.05, help="per_row ratio of the one-shot ff erase")
     ap.add_argument("--sections", nargs="+", default=["shapes", "colour", "pair", "weak"],
                     choices=["shapes", "colour", "pair", "weak"])
+    ap.add_argument("--contrast", default="empty", choices=["empty", "context"],
+                    help="empty: 'a <concept>' against '' (the paper's protocol); context: summed over the other "
+                    "attribute, e.g. 'a <colour> <shape>' against 'a <colour>' for the four colours")
     ap.add_argument("--attribution-seed", type=int, default=0, help="attribution seeds: this + 0..3")
     ap.add_argument("--eval-seed", type=int, default=10_000, help="evaluation seeds: this + 1000 x colour index")
     ap.add_argument("--weights", default=WEIGHTS_FILE)
     ap.add_argument("--out", default=os.path.join(RESULTS, "selective_erase.md"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true",
+                    help="render --out's Markdown again from its JSON (after a change of layout), without a run")
     a = ap.parse_args()
     a.per_colour = a.per_colour or (1 if a.quick else 4)
     a.targets = a.targets or (["square"] if a.quick else list(SHAPES))
@@ -78,6 +86,7 @@ class Run:
         self._attributions = {}
 
     def attribution(self, concept, scope, **kw):
+        kw = {"contrast": self.a.contrast, **kw}
         key = (concept, scope, tuple(sorted(kw.items())))
         if key not in self._attributions:
             self._attributions[key] = self.world.attribute(concept, seed=self.a.attribution_seed,
@@ -173,6 +182,12 @@ def shapes_section(run):
         for reference in kept:
             dropped = protect(dropped, reference)
         shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes (drop)", [target], dropped)
+        other_contrast = "context" if a.contrast == "empty" else "empty"
+        kv_other = run.attribution(target, "kv", contrast=other_contrast)
+        kept_other = [run.attribution(o, "kv", contrast=other_contrast) for o in others]
+        shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes (subtract), attributions "
+                  f"with contrast '{other_contrast}'", [target],
+                  select_components(contrast(kv_other, kept_other, "erase", 1.0), "erase", ratio, "per_matrix"))
         run.write()
 
 
@@ -227,6 +242,10 @@ def weak_section(run, ratios=(0.01, 0.05)):
 
 def main():
     a = parse_args()
+    if a.report_only:
+        with open(os.path.splitext(a.out)[0] + ".json") as f:
+            render(json.load(f), a.out, quiet=False)
+        return
     torch.set_num_threads(a.threads)
     run = Run(a)
     sections = {"shapes": shapes_section, "colour": colour_section, "pair": pair_section, "weak": weak_section}
@@ -261,40 +280,63 @@ def _weak_table(rows):
     return "\n".join(lines)
 
 
+def shortfall(row) -> float:
+    """How far a row is from the bar, in accuracy points: the target above 0.10 plus the kept shares below 90%
+    (a row that erases nothing is far from it, however well it keeps the rest)."""
+    return (max(0.0, row["target_acc"] - TARGET_MAX) + max(0.0, KEEP_MIN - row["others_min_keep"])
+            + max(0.0, KEEP_MIN - row["colour_min_keep"]))
+
+
 def best_per_target(rows):
-    """For each target, the CAD row closest to the bar: the fewest failed conditions, then the lowest target."""
+    """For each target, the CAD row closest to the bar: the smallest shortfall, then the pictures moved least."""
     best = {}
     for r in rows:
         if r["variant"].startswith("control"):
             continue
-        misses = (r["target_acc"] > TARGET_MAX) + (r["others_min_keep"] < KEEP_MIN) + \
-            (r["colour_min_keep"] < KEEP_MIN) + bool(r.get("distance_vs_random") and
-                                                     r["distance_vs_random"] > DISTANCE_FACTOR)
-        key = (misses, r["target_acc"], -r["others_min_keep"])
+        key = (round(shortfall(r), 6), r.get("distance_vs_random") or float("inf"))
         if r["target"] not in best or key < best[r["target"]][0]:
             best[r["target"]] = (key, r)
     return [r for _, r in best.values()]
 
 
 def write_report(run, quiet=False):
-    a, world = run.a, run.world
+    """The run's JSON (settings, unedited accuracies, rows, time, machine), then the Markdown rendered from it."""
     for rows in run.rows.values():
         judge(rows)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    data = {"settings": dict(vars(run.a)), "machine": machine_text(run.a), "before": run.before.by_shape(),
+            "before_cfg1": run.before_cfg1.by_shape() if run.before_cfg1 else None, "rows": run.rows,
+            "seconds": time.time() - run.started}
+    os.makedirs(os.path.dirname(run.a.out), exist_ok=True)
+    with open(os.path.splitext(run.a.out)[0] + ".json", "w") as f:
+        json.dump(data, f, indent=1)
+    render(data, run.a.out, quiet)
+
+
+def machine_text(a) -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{a.threads} torch thread(s)")
+
+
+def render(data, out, quiet=True):
+    """The Markdown report from a run's JSON (so a change of layout never needs the 20-minute run again)."""
+    a = argparse.Namespace(**data["settings"])
+    rows, before = data["rows"], data["before"]
+    for section in rows.values():
+        judge(section)
     n = a.per_colour * len(COLOUR_NAMES)
-    before = run.before.by_shape()
+    other = "context" if a.contrast == "empty" else "empty"
     lines = [
         "# Selective erase on the toy world", "",
-        f"Machine: {machine}, {a.threads} torch thread(s). Weights: {os.path.basename(a.weights)}. Run time "
-        f"{(time.time() - run.started) / 60:.1f} min.", "",
+        f"Machine: {data.get('machine') or machine_text(a)}. Weights: {os.path.basename(a.weights)}. Run time "
+        f"{data['seconds'] / 60:.1f} min.", "",
         f"- Pictures: {a.per_colour} per 'a <colour> <shape>' prompt ({n} per shape, {a.per_colour * len(SHAPES)} "
         f"per colour), {SAMPLER}/{SCHEDULER}, {SAMPLE_STEPS} steps, CFG {CFG:g} (the amplify section: CFG 1).",
         f"- Seeds: attributions use noise seeds {a.attribution_seed}-{a.attribution_seed + 3} (one per prompt pair); "
         f"evaluation pictures use seeds {a.eval_seed} + 1000 x colour index "
         f"({', '.join(str(a.eval_seed + 1000 * c) for c in range(len(COLOUR_NAMES)))}), which no attribution saw.",
-        "- Attributions: concept_gap, 20 steps, guidance 3, a shape summed over 'a <colour> <shape>' against "
-        "'a <colour>' for the four colours, a colour over 'a <colour> <shape>' against 'a <shape>' for the four "
-        "shapes; the amplify section: concept_likelihood of 4 rendered pictures per colour, guidance 1.",
+        f"- Attributions: concept_gap, 20 steps, guidance 3. Contrast '{a.contrast}': {CONTRASTS[a.contrast]}. Rows "
+        f"that name contrast '{other}' use {CONTRASTS[other]}. The amplify section: concept_likelihood of 4 rendered "
+        f"pictures per prompt, guidance 1.",
         f"- Scopes: {', '.join(f'{k} = {v}' for k, v in SCOPE_LABELS.items())}. 'protect (subtract)' is CAD Erase "
         "Mask's protect_mode subtract with protect_weight 1, one protect input per kept concept; 'drop' vetoes any "
         "component positive for a kept concept.",
@@ -307,28 +349,23 @@ def write_report(run, quiet=False):
         "## Unedited model", "", "| shape | shape acc | colour acc |", "|---|---|---|",
         *[f"| {s} | {v['shape']:.2f} | {v['colour']:.2f} |" for s, v in before.items()], "",
     ]
-    if run.rows["shapes"]:
-        lines += ["## Erase one shape", "", _table(run.rows["shapes"], "target", "other shapes", "colour"), "",
-                  "Closest to the bar per shape:", "",
-                  _table(best_per_target(run.rows["shapes"]), "target", "other shapes", "colour"), ""]
-    if run.rows["colour"]:
-        lines += ["## Erase a colour", "", _table(run.rows["colour"], "colour", "other colours", "shape"), ""]
-    if run.rows["pair"]:
+    if rows["shapes"]:
+        lines += ["## Erase one shape", "", _table(rows["shapes"], "target", "other shapes", "colour"), "",
+                  "Closest to the bar per shape (smallest shortfall: target above 0.10 plus kept shares below 90%):",
+                  "", _table(best_per_target(rows["shapes"]), "target", "other shapes", "colour"), ""]
+    if rows["colour"]:
+        lines += ["## Erase a colour", "", _table(rows["colour"], "colour", "other colours", "shape"), ""]
+    if rows["pair"]:
         lines += ["## Erase two shapes at once", "",
                   "'target after' = the higher of the two shapes' accuracies.", "",
-                  _table(run.rows["pair"], "targets", "other shapes", "colour"), ""]
-    if run.rows["weak"]:
-        cfg1 = run.before_cfg1.by_shape()
+                  _table(rows["pair"], "targets", "other shapes", "colour"), ""]
+    if rows["weak"]:
+        cfg1 = data["before_cfg1"]
         lines += ["## Amplify shapes the model draws weakly (CFG 1)", "",
                   "Unedited at CFG 1: " + ", ".join(f"{s} {v['shape']:.2f}" for s, v in cfg1.items()) + ".", "",
-                  _weak_table(run.rows["weak"]), ""]
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
+                  _weak_table(rows["weak"]), ""]
+    with open(out, "w") as f:
         f.write("\n".join(lines))
-    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
-        json.dump({"settings": {k: v for k, v in vars(a).items()}, "before": before, "rows": run.rows,
-                   "before_cfg1": run.before_cfg1.by_shape() if run.before_cfg1 else None,
-                   "seconds": time.time() - run.started}, f, indent=1)
     if not quiet:
         print("\n".join(lines))
 

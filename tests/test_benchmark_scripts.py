@@ -1,5 +1,6 @@
 """The benchmark scripts behind the README's performance figures still run (reduced models, CPU), writing their
 tables where CAD_BENCH_RESULTS says: a change to the pack that breaks them shows up here, not on the GPU day."""
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,21 @@ def test_apply_cost_script_runs_on_a_reduced_unet(tmp_path):
     report = (tmp_path / "ac.md").read_text()
     assert "masked / plain, per round" in report and "noise floor" in report
     assert "| float32 |" in report and "| float16 |" in report
+
+
+def test_selective_erase_script_writes_its_table_from_the_run_settings(tmp_path):
+    run_script(tmp_path, "benchmarks/selective_erase.py", "--quick", "--sections", "shapes", "--eval-seed", "20000")
+    report = (tmp_path / "selective_erase.md").read_text()
+    # the header comes from the run: the seeds given on the command line, disjoint from the attribution's
+    assert "noise seeds 0-3" in report and "20000 + 1000 x colour index (20000, 21000, 22000, 23000)" in report
+    assert "| square | K/V, per_matrix 0.1: CAD erase, protect the other shapes (subtract) |" in report
+    assert "spared pictures moved" in report and "control: random, same count per matrix" in report
+    data = json.loads((tmp_path / "selective_erase.json").read_text())
+    rows = data["rows"]["shapes"]
+    cad = [r for r in rows if not r["variant"].startswith("control")]
+    assert cad and all(r["meets_bar"] in (True, False) and 0 <= r["spared_distance"] < 1 for r in cad)
+    # a mask and its random control of the same size: the same count of weights
+    assert {r["weights"] for r in rows if "random" in r["variant"]} <= {r["weights"] for r in cad}
+    done = subprocess.run([sys.executable, "benchmarks/selective_erase.py", "--eval-seed", "0"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "COMFYUI_PATH": COMFYUI_PATH})
+    assert done.returncode == 2 and "overlaps the attribution seeds" in done.stderr

@@ -86,6 +86,8 @@ class ToyWorld:
         is_shape = concept in SHAPES
         if concept not in SHAPES + COLOUR_NAMES:
             raise ValueError(f"unknown concept {concept!r}: expected one of {SHAPES + COLOUR_NAMES}")
+        if contrast not in ("context", "empty"):
+            raise ValueError(f"unknown contrast {contrast!r}: expected 'context' or 'empty'")
         if contrast == "context":
             cells = [(concept, c) for c in COLOUR_NAMES] if is_shape else [(s, concept) for s in SHAPES]
             pairs = [(caption(s, c), caption(None, c) if is_shape else caption(s, None)) for s, c in cells]
