@@ -1,7 +1,7 @@
 """A node's help page in the real frontend: CAD Erase Mask on the canvas, selected with a click, then the selection
 toolbox's info button; the help panel (frontend 1.32.9: the node library's; 1.49.6: the properties panel's Info tab)
 must show web/docs/CADEraseMask.md, fetched from /extensions/comfyui-cad/docs/. Screenshot:
-tests/.artifacts/browser/frontend-<version>/help_panel/help.png. Runs with --browser (make test-browser)."""
+tests/.artifacts/browser/help_panel/frontend-<version>/help.png. Runs with --browser (make test-browser)."""
 import json
 import os
 import subprocess
@@ -14,7 +14,8 @@ from test_browser import BROWSER_DIR, CHROMIUM, FRONTEND_VERSION, require_browse
 pytestmark = pytest.mark.browser
 
 NODE_ID = "CADEraseMask"
-ARTIFACTS = os.path.join(REPO, "tests", ".artifacts", "browser", f"frontend-{FRONTEND_VERSION}", "help_panel")
+# beside test_browser.py's frontend-<version>/ folder, which its session empties
+ARTIFACTS = os.path.join(REPO, "tests", ".artifacts", "browser", "help_panel", f"frontend-{FRONTEND_VERSION}")
 
 
 def test_help_panel_shows_the_pack_help_page():
