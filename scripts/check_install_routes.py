@@ -155,8 +155,12 @@ def check_server(python, comfyui, extra_args=(), record=None, startup_timeout=30
                 time.sleep(1)
         seconds = time.time() - t0
         ours = sorted(k for k, v in info.items() if v.get("python_module") == f"custom_nodes.{PACK}")
-        with urllib.request.urlopen(url + f"/extensions/{PACK}/docs/CADAttribute.md", timeout=10) as r:
-            page_ok = r.status == 200 and r.read().decode().startswith("# CAD Attribute")
+        try:
+            with urllib.request.urlopen(url + f"/extensions/{PACK}/docs/CADAttribute.md", timeout=10) as r:
+                page_ok = r.status == 200 and r.read().decode().startswith("# CAD Attribute")
+        except urllib.error.HTTPError as e:
+            page_ok = False
+            log(f"  GET /extensions/{PACK}/docs/CADAttribute.md: {e}")
     finally:
         proc.terminate()
         try:
