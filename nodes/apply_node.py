@@ -16,7 +16,8 @@ class ApplyCADMask(io.ComfyNode):
                          "selected weights are ablated on the LoRA-modified model."),
             inputs=[
                 io.Model.Input("model", tooltip="The model the mask was made for (checked by fingerprint)."),
-                CadMask.Input("mask", tooltip="From CAD Erase Mask, CAD Amplify Mask or Load CAD Mask."),
+                CadMask.Input("mask", tooltip="From CAD Erase Mask, CAD Amplify Mask, CAD Combine Masks or Load CAD "
+                              "Mask."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="1.0 zeroes the selected weights; 0.5 halves them; 0 changes nothing."),
             ],

@@ -118,7 +118,7 @@ class CADSaveAttribution(io.ComfyNode):
     def define_schema(cls):
         return _file_schema("CADSaveAttribution", "Save CAD Attribution",
                             "Writes an attribution to models/cad/ so it can be reused without recomputing.",
-                            [CadAttribution.Input("attribution", tooltip="From CAD Attribute."),
+                            [CadAttribution.Input("attribution", tooltip="From CAD Attribute or CAD Sum Attributions."),
                              _prefix_input("cad/attribution")], [], is_output_node=True)
 
     @classmethod
@@ -134,7 +134,9 @@ class CADSaveMask(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return _file_schema("CADSaveMask", "Save CAD Mask", "Writes a mask to models/cad/ to share or reuse.",
-                            [CadMask.Input("mask", tooltip="From a CAD mask node."), _prefix_input("cad/mask")],
+                            [CadMask.Input("mask", tooltip="From CAD Erase Mask, CAD Amplify Mask or CAD Combine "
+                                           "Masks."),
+                             _prefix_input("cad/mask")],
                             [], is_output_node=True)
 
     @classmethod
@@ -174,7 +176,8 @@ class CADLoadAttribution(_LoadCADFile):
     def define_schema(cls):
         return _file_schema("CADLoadAttribution", "Load CAD Attribution",
                             "Reads an attribution saved by Save CAD Attribution.", [_file_input(), _model_check_input()],
-                            [CadAttribution.Output(display_name="attribution", tooltip="The loaded scores.")])
+                            [CadAttribution.Output(display_name="attribution",
+                                                   tooltip="The loaded scores; connect to CAD Erase/Amplify Mask.")])
 
 
 class CADLoadMask(_LoadCADFile):
@@ -184,4 +187,5 @@ class CADLoadMask(_LoadCADFile):
     def define_schema(cls):
         return _file_schema("CADLoadMask", "Load CAD Mask", "Reads a mask saved by Save CAD Mask.",
                             [_file_input(), _model_check_input()],
-                            [CadMask.Output(display_name="mask", tooltip="The loaded mask.")])
+                            [CadMask.Output(display_name="mask",
+                                            tooltip="The loaded mask; connect to Apply CAD Mask.")])

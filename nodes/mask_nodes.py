@@ -41,7 +41,8 @@ def _mask_schema(node_id, display_name, description, ratio_tip):
                            tooltip="subtract only: how much of the protected concept's share is taken off. 0 "
                            "ignores the protect input; higher keeps the protected concept safer and erases less."),
         ],
-        outputs=[CadMask.Output(display_name="mask", tooltip="Selected components; connect to Apply CAD Mask.")],
+        outputs=[CadMask.Output(display_name="mask", tooltip="Selected components; connect to Apply CAD Mask, "
+                                "Save CAD Mask or CAD Combine Masks.")],
     )
 
 
@@ -97,8 +98,12 @@ class CADCombineMasks(io.ComfyNode):
         return io.Schema(
             node_id="CADCombineMasks", display_name="CAD Combine Masks", category="CAD",
             description="Union of two masks of the same model, e.g. to erase two concepts at once.",
-            inputs=[CadMask.Input("mask_a", tooltip="A mask."), CadMask.Input("mask_b", tooltip="Another mask.")],
-            outputs=[CadMask.Output(display_name="mask", tooltip="Components selected by either mask.")],
+            inputs=[CadMask.Input("mask_a", tooltip="From CAD Erase Mask, CAD Amplify Mask, Load CAD Mask or another "
+                                   "CAD Combine Masks."),
+                    CadMask.Input("mask_b", tooltip="Another mask of the same model, e.g. the erase mask of a "
+                                  "second concept.")],
+            outputs=[CadMask.Output(display_name="mask",
+                                    tooltip="Components selected by either mask; connect to Apply CAD Mask.")],
         )
 
     @classmethod

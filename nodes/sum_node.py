@@ -17,7 +17,8 @@ class CADSumAttributions(io.ComfyNode):
                          "for more than two."),
             inputs=[CadAttribution.Input("attribution_a", tooltip="From CAD Attribute or Load CAD Attribution."),
                     CadAttribution.Input("attribution_b", tooltip="Another attribution of the same model and scope.")],
-            outputs=[CadAttribution.Output(display_name="attribution", tooltip="Scores of a plus scores of b.")],
+            outputs=[CadAttribution.Output(display_name="attribution",
+                                           tooltip="Scores of a plus scores of b; connect to CAD Erase/Amplify Mask.")],
         )
 
     @classmethod

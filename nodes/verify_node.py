@@ -20,11 +20,13 @@ class CADVerify(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The same concept conditioning as for CAD Attribute."),
                 io.Conditioning.Input("base", tooltip="The same base conditioning as for CAD Attribute."),
                 CadAttribution.Input("attribution", tooltip="Straight from CAD Attribute (files hold no latents)."),
-                CadMask.Input("mask", tooltip="The components to ablate."),
+                CadMask.Input("mask", tooltip="The components to ablate: CAD Erase/Amplify Mask made from this "
+                              "attribution."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Ablation strength: weights are scaled by (1 - strength)."),
             ],
-            outputs=[io.String.Output(display_name="report", tooltip="Predicted and measured change of J.")],
+            outputs=[io.String.Output(display_name="report", tooltip="Predicted and measured change of J (also "
+                                      "shown on the node); connect a text display node to keep it.")],
         )
 
     @classmethod

@@ -19,38 +19,55 @@ def sd15_keys(prefix="diffusion_model."):
         out.append((prefix + name, tuple(shape), tag))
 
     def resblock(p, cin, c, skip=False):
-        add(f"{p}.in_layers.0.weight", (cin,), "norm"); add(f"{p}.in_layers.0.bias", (cin,), "bias")
-        add(f"{p}.in_layers.2.weight", (c, cin, 3, 3), "conv"); add(f"{p}.in_layers.2.bias", (c,), "bias")
-        add(f"{p}.emb_layers.1.weight", (c, 1280), "linear"); add(f"{p}.emb_layers.1.bias", (c,), "bias")
-        add(f"{p}.out_layers.0.weight", (c,), "norm"); add(f"{p}.out_layers.0.bias", (c,), "bias")
-        add(f"{p}.out_layers.3.weight", (c, c, 3, 3), "conv"); add(f"{p}.out_layers.3.bias", (c,), "bias")
+        add(f"{p}.in_layers.0.weight", (cin,), "norm")
+        add(f"{p}.in_layers.0.bias", (cin,), "bias")
+        add(f"{p}.in_layers.2.weight", (c, cin, 3, 3), "conv")
+        add(f"{p}.in_layers.2.bias", (c,), "bias")
+        add(f"{p}.emb_layers.1.weight", (c, 1280), "linear")
+        add(f"{p}.emb_layers.1.bias", (c,), "bias")
+        add(f"{p}.out_layers.0.weight", (c,), "norm")
+        add(f"{p}.out_layers.0.bias", (c,), "bias")
+        add(f"{p}.out_layers.3.weight", (c, c, 3, 3), "conv")
+        add(f"{p}.out_layers.3.bias", (c,), "bias")
         if skip:
-            add(f"{p}.skip_connection.weight", (c, cin, 1, 1), "conv"); add(f"{p}.skip_connection.bias", (c,), "bias")
+            add(f"{p}.skip_connection.weight", (c, cin, 1, 1), "conv")
+            add(f"{p}.skip_connection.bias", (c,), "bias")
 
     def spatial_transformer(p, c):
-        add(f"{p}.norm.weight", (c,), "norm"); add(f"{p}.norm.bias", (c,), "bias")
-        add(f"{p}.proj_in.weight", (c, c, 1, 1), "conv"); add(f"{p}.proj_in.bias", (c,), "bias")
+        add(f"{p}.norm.weight", (c,), "norm")
+        add(f"{p}.norm.bias", (c,), "bias")
+        add(f"{p}.proj_in.weight", (c, c, 1, 1), "conv")
+        add(f"{p}.proj_in.bias", (c,), "bias")
         t = f"{p}.transformer_blocks.0"
         for attn, kv in (("attn1", c), ("attn2", CTX)):
             add(f"{t}.{attn}.to_q.weight", (c, c), "attn")
             add(f"{t}.{attn}.to_k.weight", (c, kv), "attn")
             add(f"{t}.{attn}.to_v.weight", (c, kv), "attn")
-            add(f"{t}.{attn}.to_out.0.weight", (c, c), "attn"); add(f"{t}.{attn}.to_out.0.bias", (c,), "bias")
-        add(f"{t}.ff.net.0.proj.weight", (8 * c, c), "ff"); add(f"{t}.ff.net.0.proj.bias", (8 * c,), "bias")
-        add(f"{t}.ff.net.2.weight", (c, 4 * c), "ff"); add(f"{t}.ff.net.2.bias", (c,), "bias")
+            add(f"{t}.{attn}.to_out.0.weight", (c, c), "attn")
+            add(f"{t}.{attn}.to_out.0.bias", (c,), "bias")
+        add(f"{t}.ff.net.0.proj.weight", (8 * c, c), "ff")
+        add(f"{t}.ff.net.0.proj.bias", (8 * c,), "bias")
+        add(f"{t}.ff.net.2.weight", (c, 4 * c), "ff")
+        add(f"{t}.ff.net.2.bias", (c,), "bias")
         for n in (1, 2, 3):
-            add(f"{t}.norm{n}.weight", (c,), "norm"); add(f"{t}.norm{n}.bias", (c,), "bias")
-        add(f"{p}.proj_out.weight", (c, c, 1, 1), "conv"); add(f"{p}.proj_out.bias", (c,), "bias")
+            add(f"{t}.norm{n}.weight", (c,), "norm")
+            add(f"{t}.norm{n}.bias", (c,), "bias")
+        add(f"{p}.proj_out.weight", (c, c, 1, 1), "conv")
+        add(f"{p}.proj_out.bias", (c,), "bias")
 
-    add("time_embed.0.weight", (1280, 320), "linear"); add("time_embed.0.bias", (1280,), "bias")
-    add("time_embed.2.weight", (1280, 1280), "linear"); add("time_embed.2.bias", (1280,), "bias")
-    add("input_blocks.0.0.weight", (320, 4, 3, 3), "conv"); add("input_blocks.0.0.bias", (320,), "bias")
+    add("time_embed.0.weight", (1280, 320), "linear")
+    add("time_embed.0.bias", (1280,), "bias")
+    add("time_embed.2.weight", (1280, 1280), "linear")
+    add("time_embed.2.bias", (1280,), "bias")
+    add("input_blocks.0.0.weight", (320, 4, 3, 3), "conv")
+    add("input_blocks.0.0.bias", (320,), "bias")
     chans = {1: (320, 320), 2: (320, 320), 4: (320, 640), 5: (640, 640), 7: (640, 1280), 8: (1280, 1280)}
     for i, (cin, c) in chans.items():
         resblock(f"input_blocks.{i}.0", cin, c, skip=cin != c)
         spatial_transformer(f"input_blocks.{i}.1", c)
     for i, c in ((3, 320), (6, 640), (9, 1280)):
-        add(f"input_blocks.{i}.0.op.weight", (c, c, 3, 3), "conv"); add(f"input_blocks.{i}.0.op.bias", (c,), "bias")
+        add(f"input_blocks.{i}.0.op.weight", (c, c, 3, 3), "conv")
+        add(f"input_blocks.{i}.0.op.bias", (c,), "bias")
     for i in (10, 11):
         resblock(f"input_blocks.{i}.0", 1280, 1280)
     resblock("middle_block.0", 1280, 1280)
@@ -64,8 +81,10 @@ def sd15_keys(prefix="diffusion_model."):
         if i in (2, 5, 8):
             j = 1 if i == 2 else 2
             add(f"output_blocks.{i}.{j}.conv.weight", (c, c, 3, 3), "conv")
-    add("out.0.weight", (320,), "norm"); add("out.0.bias", (320,), "bias")
-    add("out.2.weight", (4, 320, 3, 3), "conv"); add("out.2.bias", (4,), "bias")
+    add("out.0.weight", (320,), "norm")
+    add("out.0.bias", (320,), "bias")
+    add("out.2.weight", (4, 320, 3, 3), "conv")
+    add("out.2.bias", (4,), "bias")
     return out
 
 
@@ -154,22 +173,32 @@ def flux_keys():
         out.append(("diffusion_model." + k, s, t))
 
     h = 3072
-    add("img_in.weight", (h, 64), "linear"); add("img_in.bias", (h,), "bias")
-    add("time_in.in_layer.weight", (h, 256), "linear"); add("time_in.out_layer.weight", (h, h), "linear")
+    add("img_in.weight", (h, 64), "linear")
+    add("img_in.bias", (h,), "bias")
+    add("time_in.in_layer.weight", (h, 256), "linear")
+    add("time_in.out_layer.weight", (h, h), "linear")
     add("txt_in.weight", (h, 4096), "linear")
     for i in range(2):
         for side in ("img", "txt"):
             p = f"double_blocks.{i}.{side}"
-            add(f"{p}_mod.lin.weight", (6 * h, h), "linear"); add(f"{p}_mod.lin.bias", (6 * h,), "bias")
-            add(f"{p}_attn.qkv.weight", (3 * h, h), "attn"); add(f"{p}_attn.qkv.bias", (3 * h,), "bias")
-            add(f"{p}_attn.norm.query_norm.scale", (128,), "norm"); add(f"{p}_attn.norm.key_norm.scale", (128,), "norm")
-            add(f"{p}_attn.proj.weight", (h, h), "attn"); add(f"{p}_attn.proj.bias", (h,), "bias")
-            add(f"{p}_mlp.0.weight", (4 * h, h), "ff"); add(f"{p}_mlp.0.bias", (4 * h,), "bias")
-            add(f"{p}_mlp.2.weight", (h, 4 * h), "ff"); add(f"{p}_mlp.2.bias", (h,), "bias")
+            add(f"{p}_mod.lin.weight", (6 * h, h), "linear")
+            add(f"{p}_mod.lin.bias", (6 * h,), "bias")
+            add(f"{p}_attn.qkv.weight", (3 * h, h), "attn")
+            add(f"{p}_attn.qkv.bias", (3 * h,), "bias")
+            add(f"{p}_attn.norm.query_norm.scale", (128,), "norm")
+            add(f"{p}_attn.norm.key_norm.scale", (128,), "norm")
+            add(f"{p}_attn.proj.weight", (h, h), "attn")
+            add(f"{p}_attn.proj.bias", (h,), "bias")
+            add(f"{p}_mlp.0.weight", (4 * h, h), "ff")
+            add(f"{p}_mlp.0.bias", (4 * h,), "bias")
+            add(f"{p}_mlp.2.weight", (h, 4 * h), "ff")
+            add(f"{p}_mlp.2.bias", (h,), "bias")
     for i in range(3):
         p = f"single_blocks.{i}"
-        add(f"{p}.linear1.weight", (3 * h + 4 * h, h), "ff"); add(f"{p}.linear1.bias", (7 * h,), "bias")
-        add(f"{p}.linear2.weight", (h, h + 4 * h), "ff"); add(f"{p}.linear2.bias", (h,), "bias")
+        add(f"{p}.linear1.weight", (3 * h + 4 * h, h), "ff")
+        add(f"{p}.linear1.bias", (7 * h,), "bias")
+        add(f"{p}.linear2.weight", (h, h + 4 * h), "ff")
+        add(f"{p}.linear2.bias", (h,), "bias")
         add(f"{p}.norm.query_norm.scale", (128,), "norm")
         add(f"{p}.modulation.lin.weight", (3 * h, h), "linear")
     add("final_layer.linear.weight", (64, h), "linear")
@@ -196,7 +225,8 @@ def mmdit_keys(blocks=3):
 
     h = 1536
     add("x_embedder.proj.weight", (h, 16, 2, 2), "conv")
-    add("t_embedder.mlp.0.weight", (h, 256), "linear"); add("t_embedder.mlp.2.weight", (h, h), "linear")
+    add("t_embedder.mlp.0.weight", (h, 256), "linear")
+    add("t_embedder.mlp.2.weight", (h, h), "linear")
     add("y_embedder.mlp.0.weight", (h, 2048), "linear")
     add("context_embedder.weight", (h, 4096), "linear")
     for i in range(blocks):
@@ -205,14 +235,17 @@ def mmdit_keys(blocks=3):
             p = f"joint_blocks.{i}.{side}"
             pre_only = last and side == "context_block"
             add(f"{p}.adaLN_modulation.1.weight", ((2 if pre_only else 6) * h, h), "linear")
-            add(f"{p}.attn.qkv.weight", (3 * h, h), "attn"); add(f"{p}.attn.qkv.bias", (3 * h,), "bias")
+            add(f"{p}.attn.qkv.weight", (3 * h, h), "attn")
+            add(f"{p}.attn.qkv.bias", (3 * h,), "bias")
             add(f"{p}.attn.ln_q.weight", (64,), "norm")
             if not pre_only:
                 add(f"{p}.attn.proj.weight", (h, h), "attn")
-                add(f"{p}.mlp.fc1.weight", (4 * h, h), "ff"); add(f"{p}.mlp.fc1.bias", (4 * h,), "bias")
+                add(f"{p}.mlp.fc1.weight", (4 * h, h), "ff")
+                add(f"{p}.mlp.fc1.bias", (4 * h,), "bias")
                 add(f"{p}.mlp.fc2.weight", (h, 4 * h), "ff")
             if side == "x_block" and i == 0:                # SD3.5-medium style dual attention
-                add(f"{p}.attn2.qkv.weight", (3 * h, h), "attn"); add(f"{p}.attn2.proj.weight", (h, h), "attn")
+                add(f"{p}.attn2.qkv.weight", (3 * h, h), "attn")
+                add(f"{p}.attn2.proj.weight", (h, h), "attn")
     add("final_layer.linear.weight", (64, h), "linear")
     return out
 
