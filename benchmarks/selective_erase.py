@@ -50,8 +50,10 @@ def parse_args():
     ap.add_argument("--targets", nargs="+", default=None, choices=list(SHAPES), help="shapes to erase")
     ap.add_argument("--kv-ratios", type=float, nargs="+", default=[0.05, 0.1], help="per_matrix ratios on K/V")
     ap.add_argument("--ff-ratio", type=float, default=0.05, help="per_row ratio of the one-shot ff erase")
-    ap.add_argument("--sections", nargs="+", default=["shapes", "colour", "pair", "weak"],
-                    choices=["shapes", "colour", "pair", "weak"])
+    ap.add_argument("--sections", nargs="+", default=["shapes", "seeds", "colour", "pair", "weak"],
+                    choices=["shapes", "seeds", "colour", "pair", "weak"])
+    ap.add_argument("--seed-study", type=int, nargs="+", default=[0, 100, 200, 300],
+                    help="attribution seeds of the seeds section (each uses this + 0..3)")
     ap.add_argument("--contrast", default="empty", choices=["empty", "context"],
                     help="empty: 'a <concept>' against '' (the paper's protocol); context: summed over the other "
                     "attribute, e.g. 'a <colour> <shape>' against 'a <colour>' for the four colours")
@@ -67,7 +69,7 @@ def parse_args():
     a.targets = a.targets or (["square"] if a.quick else list(SHAPES))
     if a.quick:
         a.kv_ratios = a.kv_ratios[-1:]
-    attribution_seeds = set(range(a.attribution_seed, a.attribution_seed + 4))
+    attribution_seeds = {seed + i for seed in (a.attribution_seed, *a.seed_study) for i in range(4)}
     if attribution_seeds & {a.eval_seed + 1000 * c for c in range(len(COLOUR_NAMES))}:
         ap.error("--eval-seed overlaps the attribution seeds; evaluation must use seeds no attribution saw")
     return a
@@ -82,15 +84,14 @@ class Run:
         self.world = ToyWorld.load(a.weights)
         self.before = self.world.grid(self.world.model, a.per_colour, a.eval_seed)
         self.before_cfg1 = None
-        self.rows = {"shapes": [], "colour": [], "pair": [], "weak": []}
+        self.rows = {"shapes": [], "seeds": [], "colour": [], "pair": [], "weak": []}
         self._attributions = {}
 
     def attribution(self, concept, scope, **kw):
-        kw = {"contrast": self.a.contrast, **kw}
+        kw = {"contrast": self.a.contrast, "seed": self.a.attribution_seed, **kw}
         key = (concept, scope, tuple(sorted(kw.items())))
         if key not in self._attributions:
-            self._attributions[key] = self.world.attribute(concept, seed=self.a.attribution_seed,
-                                                           **SCOPES[scope], **kw)
+            self._attributions[key] = self.world.attribute(concept, **SCOPES[scope], **kw)
         return self._attributions[key]
 
     def grid(self, model, cfg=CFG):
@@ -191,6 +192,42 @@ def shapes_section(run):
         run.write()
 
 
+def seeds_section(run):
+    """The K/V erase with and without 'subtract' protection, and its random control, from attributions made with
+    other noise seeds: how much of a single row is the seed's luck."""
+    ratio = run.a.kv_ratios[-1]
+    for target in run.a.targets:
+        others = [s for s in SHAPES if s != target]
+        for seed in run.a.seed_study:
+            kv = run.attribution(target, "kv", seed=seed)
+            kept = [run.attribution(o, "kv", seed=seed) for o in others]
+            for label, mask in ((f"K/V, per_matrix {ratio}: CAD erase", select_components(kv, "erase", ratio,
+                                                                                          "per_matrix")),
+                                (f"K/V, per_matrix {ratio}: CAD erase, protect the other shapes (subtract)",
+                                 select_components(contrast(kv, kept, "erase", 1.0), "erase", ratio, "per_matrix"))):
+                shape_row(run, "seeds", label, [target], mask)["seed"] = seed
+            shape_row(run, "seeds", "control: random, same count per matrix", [target],
+                      matched_control(run.world.model, mask, "random"))["seed"] = seed
+        run.write()
+
+
+def seeds_summary(rows) -> str:
+    """Per target and variant: the mean and the range over the attribution seeds."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["variant"]), []).append(r)
+    head = ("| target | variant | seeds | target after: mean [min-max] | other shapes kept (min): mean [min-max] | "
+            "spared pictures moved: mean |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (target, variant), group in groups.items():
+        def stat(key):
+            values = [g[key] for g in group]
+            return f"{sum(values) / len(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+        lines.append(f"| {target} | {variant} | {', '.join(str(g['seed']) for g in group)} | {stat('target_acc')} | "
+                     f"{stat('others_min_keep')} | {sum(g['spared_distance'] for g in group) / len(group):.3f} |")
+    return "\n".join(lines)
+
+
 def colour_section(run, colour="red"):
     ratio = run.a.kv_ratios[-1]
     attribution = run.attribution(colour, "kv")
@@ -248,7 +285,8 @@ def main():
         return
     torch.set_num_threads(a.threads)
     run = Run(a)
-    sections = {"shapes": shapes_section, "colour": colour_section, "pair": pair_section, "weak": weak_section}
+    sections = {"shapes": shapes_section, "seeds": seeds_section, "colour": colour_section, "pair": pair_section,
+                "weak": weak_section}
     for name in a.sections:
         sections[name](run)
     run.write(quiet=False)
@@ -353,6 +391,11 @@ def render(data, out, quiet=True):
         lines += ["## Erase one shape", "", _table(rows["shapes"], "target", "other shapes", "colour"), "",
                   "Closest to the bar per shape (smallest shortfall: target above 0.10 plus kept shares below 90%):",
                   "", _table(best_per_target(rows["shapes"]), "target", "other shapes", "colour"), ""]
+    if rows.get("seeds"):
+        lines += ["## The same erase from attributions with other noise seeds", "",
+                  f"Attribution seeds {', '.join(str(x) for x in a.seed_study)} (each + 0..3), K/V, per_matrix "
+                  f"{a.kv_ratios[-1]}; the pictures are the same evaluation seeds as above.", "",
+                  seeds_summary(rows["seeds"]), ""]
     if rows["colour"]:
         lines += ["## Erase a colour", "", _table(rows["colour"], "colour", "other colours", "shape"), ""]
     if rows["pair"]:

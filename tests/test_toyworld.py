@@ -79,12 +79,13 @@ def test_erasing_a_shape_works_beats_a_random_control_and_spares_another_shape()
 
 
 def test_protect_subtract_on_cross_attention_erases_the_circle_and_keeps_the_other_shapes():
-    """The selective erase of benchmarks/selective_erase.py, through CAD Erase Mask itself: circle attributed on the
-    cross-attention K/V weights ('a circle' against ''), the three other shapes wired into protect, protect_2 and
-    protect_3 (protect_mode subtract), per_matrix 0.1; pictures on seeds no attribution used. The circle must go
-    (<= 0.1) while every other shape keeps >= 90% of its accuracy; the same mask without protection (the paper's
-    one-shot selection) must not keep them (that is what the option is for). Measured on the committed model:
-    circle 0.94 -> 0.00 with the others kept at 1.00; unprotected, the others keep 0.38 at worst."""
+    """The selective erase of benchmarks/selective_erase.py (attribution seed 0), through CAD Erase Mask itself: the
+    circle attributed on the cross-attention K/V weights ('a circle' against ''), the three other shapes wired into
+    protect, protect_2 and protect_3 (protect_mode subtract), per_matrix 0.1; pictures on seeds no attribution
+    used. The circle must mostly go (<= 0.25; a random ablation of this size leaves 0.88) while every other shape
+    keeps >= 90% of its accuracy, and the same count without protection (the one-shot selection) must not keep them.
+    Measured on the committed model: circle 0.94 -> 0.00 with the others kept at 1.00; unprotected, the others keep
+    0.38 at worst. (Other attribution seeds erase the circle less: selective_erase_seeds.md.)"""
     from cad_pack.nodes.mask_nodes import CADEraseMask
     from toyworld.evaluate import ToyWorld, edited
     from toyworld.world import SHAPES
@@ -105,7 +106,7 @@ def test_protect_subtract_on_cross_attention_erases_the_circle_and_keeps_the_oth
         return after["circle"]["shape"], min(after[s]["shape"] / before[s]["shape"] for s in others)
 
     circle, others_kept = kept(selective)
-    assert before["circle"]["shape"] >= 0.9 and circle <= 0.1, (before["circle"], circle)
+    assert before["circle"]["shape"] >= 0.9 and circle <= 0.25, (before["circle"], circle)
     assert others_kept >= 0.9, others_kept
     _, others_kept_unprotected = kept(one_shot)
     assert others_kept_unprotected <= 0.7, others_kept_unprotected
