@@ -17,8 +17,8 @@ _PROTECT_MODE_TIP = (
     "subtract: rank components by their share of this concept minus protect_weight x their share of the protected "
     "one (each attribution divided by its own total), so components that carry both drop down the list and the "
     "selection still reaches the ratio. drop: never select a component with a positive score for the protected "
-    "concept (on small models that vetoes most of what matters, so it erases little). On the toy world, "
-    "cross-attention K/V with subtract erased each shape with the others kept: README, 'Selective erase'.")
+    "concept (on small models that vetoes most of what matters, so it erases little). On the toy world, subtract "
+    "kept the other shapes far better than no protection at the same count of weights: README, 'Selective erase'.")
 
 
 def _mask_schema(node_id, display_name, description, ratio_tip):
