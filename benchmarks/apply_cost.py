@@ -37,11 +37,16 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="reduced UNet (a dry run of the script)")
     ap.add_argument("--name", default="apply_cost_cpu")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="treat denormal floats as 0 (torch.set_flush_denormal): tells a slowdown from tiny values in "
+                    "the activations apart from one the mask's patching causes")
     args = ap.parse_args()
     C.setup(cpu=True)
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        raise SystemExit("--flush-denormal: this CPU does not support flushing denormals")
     import comfy.model_management as mm
     import comfy.sample
     from cad_pack.cad_core import select_components
@@ -103,7 +108,8 @@ def main():
         f"torch {m['torch']} ({m['torch_threads']} threads), ComfyUI {m['comfyui']}, load average {m['load_average']}; "
         f"run time {(time.time() - started) / 60:.1f} min. Erase mask: per_row ratio {args.ratio} of an ff-scope "
         f"attribution (concept_gap, T=2): {mask.count:,} weights in {sum(1 for i in mask.indices.values() if i.numel())} "
-        f"matrices.", "",
+        f"matrices." + (" Denormal floats flushed to 0 (--flush-denormal)." if args.flush_denormal else "")
+        + "".join(f" {k}={v}." for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")), "",
         "## Sampling with the mask", "",
         C.table(["", "time"], [
             ["build the erase mask (CAD Erase Mask)", f"{select_s:.2f} s"],
