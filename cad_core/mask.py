@@ -115,6 +115,9 @@ def protect(mask: Mask, reference) -> Mask:
     """
     require_same_model(reference.fingerprint, mask.fingerprint, "The protect attribution", "the mask",
                        "Attribute both concepts on the same model.")
+    if mask.indices and not set(mask.indices) & set(reference.scores):
+        raise CADError("The protect attribution scores none of the weights this mask selects from (another scope), "
+                       "so it could protect nothing. Attribute the concept to keep with the same scope as the concept.")
     kept, dropped = {}, 0
     for key, idx in mask.indices.items():
         scores = reference.scores.get(key)

@@ -97,6 +97,10 @@ def contrast(attribution: Attribution, protected, mode: str = "erase", weight: f
     for other in protected:
         require_same_model(other.fingerprint, attribution.fingerprint, "A protect attribution", "the attribution",
                            "Attribute every concept on the same model.")
+        if not set(other.scores) & set(attribution.scores):
+            raise CADError("A protect attribution scores none of the weights this attribution scores (another scope), "
+                           "so it could protect nothing. Attribute the concept to keep with the same scope "
+                           f"('{attribution.meta.get('scope')}') as the concept.")
     sign = DIRECTIONS[mode]
     concept_mass = _mass(attribution, sign)
     if concept_mass <= 0:

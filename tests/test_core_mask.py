@@ -87,6 +87,12 @@ def test_protect_refuses_other_model():
     assert "fp-A" in str(e.value) and "fp-B" in str(e.value)
 
 
+def test_protect_refuses_an_attribution_of_another_scope_instead_of_protecting_nothing():
+    ref = Attribution({K_OUT: torch.ones(4, 8)}, "fp-A", {})
+    with pytest.raises(CADError, match="scores none of the weights"):
+        protect(mask({K_IN1: ix(0), K_MID: ix(1)}, "fp-A"), ref)
+
+
 # ---------------------------------------------------------------------------------------------- scale_selected
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_scale_selected(dtype):

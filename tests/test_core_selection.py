@@ -226,3 +226,10 @@ def test_contrast_refuses_other_models_bad_weights_and_a_concept_with_nothing_to
     negative = attribution({k: -v.abs() for k, v in rand_scores(1).items()})
     with pytest.raises(CADError, match="no positive scores"):
         contrast(negative, attribution(rand_scores(2)))
+
+
+def test_contrast_refuses_a_protect_attribution_of_another_scope_instead_of_protecting_nothing():
+    target = attribution(rand_scores(1))
+    elsewhere = attribution({"z.weight": torch.randn(4, 4)})
+    with pytest.raises(CADError, match="scores none of the weights"):
+        contrast(target, [attribution(rand_scores(2)), elsewhere])
