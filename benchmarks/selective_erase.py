@@ -30,7 +30,7 @@ import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before an
 from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER, ToyWorld, edited, matched_control  # noqa: E402
 from toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
 
-from cad_pack.cad_core import contrast, protect, select_components, sum_attributions, union  # noqa: E402
+from cad_pack.cad_core import select_components, select_protected, sum_attributions, union  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 
 RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(HERE, "results")
@@ -169,26 +169,24 @@ def shapes_section(run):
         for ratio in kv_ratios:
             plain = select_components(kv, "erase", ratio, "per_matrix")
             shape_row(run, "shapes", f"K/V, per_matrix {ratio}: CAD erase", [target], plain)
-            chosen = select_components(contrast(kv, kept, "erase", 1.0), "erase", ratio, "per_matrix")
+            chosen = select_protected(kv, "erase", ratio, "per_matrix", kept)
             shape_row(run, "shapes", f"K/V, per_matrix {ratio}: CAD erase, protect the other shapes (subtract)",
                       [target], chosen)
             for kind in ("random", "magnitude"):
                 shape_row(run, "shapes", f"control: {kind}, same count per matrix", [target],
                           matched_control(run.world.model, chosen, kind))
         ratio = kv_ratios[-1]
-        summed = select_components(contrast(kv, [sum_attributions(kept)], "erase", 1.0), "erase", ratio, "per_matrix")
+        summed = select_protected(kv, "erase", ratio, "per_matrix", [sum_attributions(kept)])
         shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes summed into one (subtract)",
                   [target], summed)
-        dropped = select_components(kv, "erase", ratio, "per_matrix")
-        for reference in kept:
-            dropped = protect(dropped, reference)
+        dropped = select_protected(kv, "erase", ratio, "per_matrix", kept, protect_mode="drop")
         shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes (drop)", [target], dropped)
         other_contrast = "context" if a.contrast == "empty" else "empty"
         kv_other = run.attribution(target, "kv", contrast=other_contrast)
         kept_other = [run.attribution(o, "kv", contrast=other_contrast) for o in others]
         shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes (subtract), attributions "
                   f"with contrast '{other_contrast}'", [target],
-                  select_components(contrast(kv_other, kept_other, "erase", 1.0), "erase", ratio, "per_matrix"))
+                  select_protected(kv_other, "erase", ratio, "per_matrix", kept_other))
         run.write()
 
 
@@ -201,10 +199,10 @@ def seeds_section(run):
         for seed in run.a.seed_study:
             kv = run.attribution(target, "kv", seed=seed)
             kept = [run.attribution(o, "kv", seed=seed) for o in others]
-            for label, mask in ((f"K/V, per_matrix {ratio}: CAD erase", select_components(kv, "erase", ratio,
-                                                                                          "per_matrix")),
+            for label, mask in ((f"K/V, per_matrix {ratio}: CAD erase", select_protected(kv, "erase", ratio,
+                                                                                         "per_matrix")),
                                 (f"K/V, per_matrix {ratio}: CAD erase, protect the other shapes (subtract)",
-                                 select_components(contrast(kv, kept, "erase", 1.0), "erase", ratio, "per_matrix"))):
+                                 select_protected(kv, "erase", ratio, "per_matrix", kept))):
                 shape_row(run, "seeds", label, [target], mask)["seed"] = seed
             shape_row(run, "seeds", "control: random, same count per matrix", [target],
                       matched_control(run.world.model, mask, "random"))["seed"] = seed
@@ -234,7 +232,7 @@ def colour_section(run, colour="red"):
     kept = [run.attribution(c, "kv") for c in COLOUR_NAMES if c != colour]
     plain = select_components(attribution, "erase", ratio, "per_matrix")
     colour_row(run, f"K/V, per_matrix {ratio}: CAD erase", colour, plain)
-    chosen = select_components(contrast(attribution, kept, "erase", 1.0), "erase", ratio, "per_matrix")
+    chosen = select_protected(attribution, "erase", ratio, "per_matrix", kept)
     colour_row(run, f"K/V, per_matrix {ratio}: CAD erase, protect the other colours (subtract)", colour, chosen)
     colour_row(run, "control: random, same count per matrix", colour, matched_control(run.world.model, chosen, "random"))
     ff = select_components(run.attribution(colour, "ff"), "erase", run.a.ff_ratio, "per_row")
@@ -248,12 +246,12 @@ def pair_section(run, pair=("square", "triangle")):
     others = [s for s in SHAPES if s not in pair]
     kept = [run.attribution(o, "kv") for o in others]
     targets = [run.attribution(t, "kv") for t in pair]
-    joint = select_components(contrast(sum_attributions(targets), kept, "erase", 1.0), "erase", ratio, "per_matrix")
+    joint = select_protected(sum_attributions(targets), "erase", ratio, "per_matrix", kept)
     shape_row(run, "pair", f"K/V, per_matrix {ratio}: joint attribution (sum of the two), protect the others "
               f"(subtract)", list(pair), joint)
     shape_row(run, "pair", "control: random, same count per matrix", list(pair),
               matched_control(run.world.model, joint, "random"))
-    singles = [select_components(contrast(t, kept, "erase", 1.0), "erase", ratio, "per_matrix") for t in targets]
+    singles = [select_protected(t, "erase", ratio, "per_matrix", kept) for t in targets]
     combined = union(singles)
     shape_row(run, "pair", f"K/V, per_matrix {ratio} each: union of the two single erases (CAD Combine Masks)",
               list(pair), combined)

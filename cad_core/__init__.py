@@ -2,6 +2,7 @@
 
     attribute()          score weights for a concept (alpha = w * dJ/dw): one call, any torch denoiser
     select_components()  pick components to erase (most positive) or amplify (most negative)
+    select_protected()   the same while keeping other concepts (protect_mode subtract or drop)
     contrast()           scores for "erase A, keep B": A's share minus B's (a margin, not a veto)
     union(), protect()   combine masks; drop components another concept needs
     block_map()          per-block positive/negative mass and mask share, for the attribution map
@@ -19,7 +20,7 @@ from .mask import Mask, protect, scale_selected, union
 from .noise import FlowMatching, VarianceExploding
 from .objectives import OBJECTIVES, Objective, objective_named
 from .scopes import SCOPE_PRESETS, resolve_scope
-from .selection import GRANULARITIES, contrast, select_components
+from .selection import GRANULARITIES, PROTECT_MODES, contrast, select_components, select_protected
 from .serialization import load_attribution, load_mask, read_kind, save_attribution, save_mask
 from .trajectory import SCHEDULES, TrajectoryPlan
 from .verify import faithfulness, predicted_change, random_mask, verify_ablation

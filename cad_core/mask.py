@@ -115,9 +115,7 @@ def protect(mask: Mask, reference) -> Mask:
     """
     require_same_model(reference.fingerprint, mask.fingerprint, "The protect attribution", "the mask",
                        "Attribute both concepts on the same model.")
-    if mask.indices and not set(mask.indices) & set(reference.scores):
-        raise CADError("The protect attribution scores none of the weights this mask selects from (another scope), "
-                       "so it could protect nothing. Attribute the concept to keep with the same scope as the concept.")
+    require_shared_weights(reference, mask.indices)
     kept, dropped = {}, 0
     for key, idx in mask.indices.items():
         scores = reference.scores.get(key)
@@ -130,6 +128,15 @@ def protect(mask: Mask, reference) -> Mask:
     meta = {**mask.meta, "protected_dropped": mask.meta.get("protected_dropped", 0) + dropped,
             "protect_objective": reference.meta.get("objective")}
     return Mask(kept, dict(mask.shapes), mask.fingerprint, meta)
+
+
+def require_shared_weights(reference, keys) -> None:
+    """A protect attribution must score some of the weights it protects: one of another scope would protect
+    nothing, silently."""
+    if keys and not set(keys) & set(reference.scores):
+        raise CADError("A protect attribution scores none of the weights the concept's attribution scores (another "
+                       "scope), so it could protect nothing. Attribute the concept to keep with the same scope as the "
+                       "concept.")
 
 
 def scale_selected(weight: torch.Tensor, indices: torch.Tensor, strength: float) -> torch.Tensor:

@@ -10,9 +10,10 @@ import torch
 from .attribution import Attribution
 from .errors import CADError
 from .fingerprint import require_same_model
-from .mask import Mask, split_flat_indices
+from .mask import Mask, protect, require_shared_weights, split_flat_indices
 
 GRANULARITIES = ("per_row", "per_matrix", "global")
+PROTECT_MODES = ("subtract", "drop")
 DIRECTIONS = {"erase": 1.0, "amplify": -1.0}
 
 
@@ -75,6 +76,27 @@ def _top_positive(flat: torch.Tensor, k: int) -> torch.Tensor:
     return idx[values > 0].sort().values
 
 
+def select_protected(attribution: Attribution, mode: str, ratio: float, granularity: str = "per_row", keep=(),
+                     protect_mode: str = "subtract", weight: float = 1.0) -> Mask:
+    """select_components while keeping other concepts (one attribution each in `keep`).
+
+    subtract: select on contrast() scores (a margin: the ratio is still reached). drop: select as usual, then
+    remove every component positive for a kept concept (mask.protect; a veto). No `keep`: select_components.
+    """
+    if protect_mode not in PROTECT_MODES:
+        raise CADError(f"Unknown protect_mode '{protect_mode}'. Expected one of: {', '.join(PROTECT_MODES)}.")
+    keep = list(keep)
+    if keep and protect_mode == "subtract":
+        mask = select_components(contrast(attribution, keep, mode, weight), mode, ratio, granularity)
+        mask.meta.update(protect_mode="subtract", protect_weight=float(weight), protected=len(keep))
+        return mask
+    mask = select_components(attribution, mode, ratio, granularity)
+    for reference in keep:
+        mask = protect(mask, reference)
+    if keep:
+        mask.meta.update(protect_mode="drop", protected=len(keep))
+    return mask
+
 
 def contrast(attribution: Attribution, protected, mode: str = "erase", weight: float = 1.0) -> Attribution:
     """Scores for selecting what carries the concept but none of the protected ones (docs/method.md, section 5).
@@ -97,10 +119,7 @@ def contrast(attribution: Attribution, protected, mode: str = "erase", weight: f
     for other in protected:
         require_same_model(other.fingerprint, attribution.fingerprint, "A protect attribution", "the attribution",
                            "Attribute every concept on the same model.")
-        if not set(other.scores) & set(attribution.scores):
-            raise CADError("A protect attribution scores none of the weights this attribution scores (another scope), "
-                           "so it could protect nothing. Attribute the concept to keep with the same scope "
-                           f"('{attribution.meta.get('scope')}') as the concept.")
+        require_shared_weights(other, attribution.scores)
     sign = DIRECTIONS[mode]
     concept_mass = _mass(attribution, sign)
     if concept_mass <= 0:

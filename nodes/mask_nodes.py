@@ -1,8 +1,7 @@
 """CAD Erase Mask / CAD Amplify Mask (select components) and CAD Combine Masks (union)."""
 from comfy_api.latest import io
 
-from ..cad_core import GRANULARITIES, contrast, select_components, union
-from ..cad_core import protect as keep_protected
+from ..cad_core import GRANULARITIES, PROTECT_MODES, select_protected, union
 from .cad_types import CadAttribution, CadMask
 from .validation import check_choices, check_numbers
 from .ui_text import bounded
@@ -12,7 +11,6 @@ _GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries
                     "global: int(ratio * all scoped weights) over the whole scope.")
 
 
-PROTECT_MODES = ("subtract", "drop")
 _PROTECT_MODE_TIP = (
     "subtract: rank components by their share of this concept minus protect_weight x their share of the protected "
     "one (each attribution divided by its own total), so components that carry both drop down the list and the "
@@ -65,17 +63,8 @@ class CADEraseMask(io.ComfyNode):
     @classmethod
     def execute(cls, attribution, ratio, granularity, protect=None, protect_2=None, protect_3=None,
                 protect_mode="subtract", protect_weight=1.0) -> io.NodeOutput:
-        kept = [p for p in (protect, protect_2, protect_3) if p is not None]
-        if kept and protect_mode == "subtract":
-            mask = select_components(contrast(attribution, kept, cls.MODE, protect_weight), cls.MODE, ratio,
-                                     granularity)
-            mask.meta.update(protect_mode="subtract", protect_weight=float(protect_weight), protected=len(kept))
-        else:
-            mask = select_components(attribution, cls.MODE, ratio, granularity)
-            for reference in kept:
-                mask = keep_protected(mask, reference)
-            if kept:
-                mask.meta.update(protect_mode="drop", protected=len(kept))
+        keep = [p for p in (protect, protect_2, protect_3) if p is not None]
+        mask = select_protected(attribution, cls.MODE, ratio, granularity, keep, protect_mode, protect_weight)
         mask.check_nonempty()
         return io.NodeOutput(mask, ui=bounded({"cad_mask": [mask.summary()], "text": [mask.summary_text()]}))
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError, contrast, select_components
+from cad_pack.cad_core import Attribution, CADError, contrast, select_components, select_protected
 
 SIGN = {"erase": 1.0, "amplify": -1.0}
 
@@ -233,3 +233,19 @@ def test_contrast_refuses_a_protect_attribution_of_another_scope_instead_of_prot
     elsewhere = attribution({"z.weight": torch.randn(4, 4)})
     with pytest.raises(CADError, match="scores none of the weights"):
         contrast(target, [attribution(rand_scores(2)), elsewhere])
+
+
+def test_select_protected_applies_each_protect_mode_and_refuses_an_unknown_one():
+    scores, kept = rand_scores(6), [rand_scores(7), rand_scores(8)]
+    keep = [attribution(k) for k in kept]
+    subtract = select_protected(attribution(scores), "erase", 0.25, "per_matrix", keep)
+    assert as_set(subtract) == as_set(select_components(contrast(attribution(scores), keep), "erase", 0.25,
+                                                        "per_matrix"))
+    drop = select_protected(attribution(scores), "erase", 0.25, "per_matrix", keep, protect_mode="drop")
+    vetoed = {(k, int(i)) for k, i in as_set(select_components(attribution(scores), "erase", 0.25, "per_matrix"))
+              if not any(float(x[k].reshape(-1)[i]) > 0 for x in kept)}
+    assert as_set(drop) == vetoed and subtract.meta["protect_mode"] == "subtract" and drop.meta["protected"] == 2
+    assert as_set(select_protected(attribution(scores), "erase", 0.25)) == \
+        as_set(select_components(attribution(scores), "erase", 0.25))
+    with pytest.raises(CADError, match="Unknown protect_mode"):
+        select_protected(attribution(scores), "erase", 0.25, keep=keep, protect_mode="veto")

@@ -1,6 +1,6 @@
 """Measuring concepts in the toy world through the pack's own code path (what the nodes call):
 CLIP Text Encode's encoding, KSampler's sampler, CAD Attribute's attribute_model, the mask nodes'
-select_components/protect, Apply CAD Mask's apply_mask.
+select_protected, Apply CAD Mask's apply_mask.
 
 Importing this module loads neither ComfyUI nor the pack: load them first, e.g. with
 toyworld.comfy_env.import_pack() (the toy world's device choice) or pack_bootstrap.import_pack().
@@ -23,7 +23,7 @@ if "cad_pack" not in sys.modules:
                       "toyworld.comfy_env.import_pack() or pack_bootstrap.import_pack() before importing it")
 import comfy.sample  # noqa: E402
 
-from cad_pack.cad_core import Mask, objective_named, protect, select_components, sum_attributions  # noqa: E402
+from cad_pack.cad_core import Mask, objective_named, select_protected, sum_attributions  # noqa: E402
 from cad_pack.nodes.bridge import apply_mask, attribute_model, original_weight  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
 
@@ -156,8 +156,8 @@ def concept_latents(shape: str | None, colour: str | None, n: int, seed: int) ->
 
 
 def erase_mask(attribution, ratio: float, granularity: str = "per_row", protect_with=None) -> Mask:
-    mask = select_components(attribution, "erase", ratio, granularity)
-    return protect(mask, protect_with) if protect_with is not None else mask
+    keep = [protect_with] if protect_with is not None else []
+    return select_protected(attribution, "erase", ratio, granularity, keep, protect_mode="drop")
 
 
 def matched_control(model, mask: Mask, kind: str, seed: int = 0) -> Mask:
