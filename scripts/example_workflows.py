@@ -222,9 +222,9 @@ def erase_while_protecting():
             f"each matrix for the {SELECTIVE_TARGET}: one alone, one with the {', '.join(kept)} in protect, "
             f"protect_2 and protect_3 (protect_mode subtract: a component is ranked by its share of the "
             f"{SELECTIVE_TARGET} minus its largest share of a kept shape, so what the shapes share falls down the "
-            f"list). Compare the other shapes' rows: on the toy world the protected erase kept them far better at "
-            f"the same count of weights (other shapes kept 0.88 on average over four attribution seeds, against "
-            f"0.45 unprotected; benchmarks/results/selective_erase_seeds.md). How much of the {SELECTIVE_TARGET} goes "
+            f"list). Compare the other shapes' rows: on the toy world the protected erase of the circle kept them far "
+            f"better at the same count of weights (other shapes kept 0.88 on average over four attribution seeds, "
+            f"against 0.46 unprotected; benchmarks/results/selective_erase_seeds.md). How much of the {SELECTIVE_TARGET} goes "
             f"depends on the attribution's noise seed on this small model.")
     return Example("cad_3_erase_while_protecting", g.graph, note, rows)
 
