@@ -147,21 +147,31 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def machine(cuda: bool = False) -> dict:
-    import torch
-    info = {"python": platform.python_version(), "torch": torch.__version__}
-    cpu = "unknown"
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     except OSError:
-        pass
-    info["cpu"] = cpu
-    info["cores"] = os.cpu_count()
-    info["torch_threads"] = torch.get_num_threads()
+        return "unknown"
+
+
+def comfyui_version() -> str:
+    """The version of the ComfyUI the benchmarks use (COMFYUI_PATH or .comfyui/ComfyUI), read from its
+    comfyui_version.py, so it works without ComfyUI on sys.path too (benchmarks that only drive servers)."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from pack_bootstrap import comfyui_root
+    try:
+        with open(os.path.join(comfyui_root(), "comfyui_version.py")) as f:
+            return f.read().split('"')[1]
+    except (OSError, IndexError):
+        return "?"
+
+
+def machine(cuda: bool = False) -> dict:
+    import torch
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_name(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     try:
         with open("/proc/meminfo") as f:
             info["ram_gib"] = round(int(f.readline().split()[1]) / 2 ** 20, 1)
@@ -171,11 +181,7 @@ def machine(cuda: bool = False) -> dict:
         info["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         info["load_average"] = None
-    try:
-        import comfyui_version
-        info["comfyui"] = comfyui_version.__version__
-    except ImportError:
-        info["comfyui"] = "?"
+    info["comfyui"] = comfyui_version()
     if cuda and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info["gpu"] = f"{p.name}, {p.total_memory / 2 ** 30:.0f} GiB"

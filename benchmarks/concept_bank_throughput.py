@@ -14,11 +14,10 @@ import sys
 import tempfile
 import time
 
-from _common import RESULTS, REPO, table
+from _common import RESULTS, REPO, comfyui_version, cpu_name, table
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 from comfy_server import ComfyServer, reset_dir  # noqa: E402
-from pack_bootstrap import comfyui_root  # noqa: E402
 
 CONCEPTS = ["a circle", "a square", "a triangle", "a cross", "a red circle | a red", "a blue cross | a blue"]
 BANK = os.path.join(REPO, "scripts", "concept_bank.py")
@@ -69,22 +68,6 @@ def measure(count: int, work: str, args) -> dict:
             server.stop()
     return {"servers": count, "seconds": seconds, "per_minute": 60 * len(CONCEPTS) / seconds,
             "split": " + ".join(str(n) for n in per_server.values())}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
-
-
-def comfyui_version() -> str:
-    try:
-        with open(os.path.join(comfyui_root(), "comfyui_version.py")) as f:
-            return f.read().split('"')[1]
-    except (OSError, IndexError):
-        return "?"
 
 
 def main():

@@ -35,6 +35,8 @@ import time
 import urllib.error
 import urllib.request
 
+from comfy_server import free_port  # scripts/ is on sys.path when this file runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "comfyui-cad"
 ROUTES = ("clone-0.3.75", "clone-0.33.0", "manager", "comfy-cli")
@@ -76,12 +78,6 @@ def run(cmd, cwd=None, env=None, timeout=900, check=True, record=None):
         raise RouteFailed(f"`{shown}` exited with {done.returncode}")
     done.stdout = out
     return done
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def head_commit():
