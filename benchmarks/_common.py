@@ -136,6 +136,20 @@ class PeakRSS:
         return False
 
 
+def step_backward_bytes(mp, pos, neg, latent_px: int, checkpointed: bool, scope: str = "ff") -> int:
+    """What memory_budget_mb reserves for one differentiated step of an attribution of `scope` at this latent size
+    (CAD's own measurement: activation_memory.SavedForBackward.peak_bytes)."""
+    import torch
+    from cad_pack.cad_core import resolve_scope
+    from cad_pack.nodes.bridge import differentiable_source, patchable_weights
+    from cad_pack.nodes.bridge.attribution import measure_activations
+    keys = resolve_scope(patchable_weights(mp), scope)
+    with torch.inference_mode(), differentiable_source(mp) as source:
+        saved = measure_activations(mp, pos, neg, empty_latent(latent_px), source=source, keys=keys, guidance=3.0,
+                                    seed=0)
+    return saved.peak_bytes(checkpointed)
+
+
 def rss() -> int:
     import psutil
     return psutil.Process().memory_info().rss

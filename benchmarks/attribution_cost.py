@@ -271,8 +271,11 @@ def chunking_rows(mp, pos, neg, args, cad_state, log):
     whole, whole_s, whole_mem = attribute(mp, pos, neg, args.latent, args.chunk_steps, "single")
     rows = [["one pass (no budget)", f"{C.mib(cad_state)}", whole.meta["unet_calls"]["forward_backward"],
              f"{whole_s:.1f} s", f"{C.mib(whole_mem.peak)}", "-"]]
+    # what the budget reserves for one step's backward (checkpointed: auto's choice on a CPU), plus a share of the
+    # scope's per-weight state: about 2 and 4 passes
+    step_mb = C.step_backward_bytes(mp, pos, neg, args.latent, checkpointed=True) / MB
     for fraction in (0.55, 0.3):
-        budget_mb = round(cad_state / MB * fraction, 1)
+        budget_mb = round(step_mb + cad_state / MB * fraction, 1)
         chunked, chunk_s, chunk_mem = attribute(mp, pos, neg, args.latent, args.chunk_steps, "single",
                                                 memory_budget_mb=budget_mb)
         diff = max(float((chunked.scores[k] - s).abs().max() / s.abs().max().clamp_min(1e-30))

@@ -47,7 +47,7 @@ def child(args):
     print(json.dumps({"setting": args.setting, "seconds": seconds, "peak_above_model": mem.peak - model_rss,
                       "model_rss": model_rss, "saved_bytes": saved["bytes"], "calls": result.meta["unet_calls"],
                       "checkpointed": result.meta["gradient_checkpointing"],
-                      "estimate_mb": result.meta.get("activation_estimate_mb"),
+                      "estimate_mb": result.meta.get("kept_without_checkpointing_mb"),
                       "reason": result.meta.get("checkpointing_reason"),
                       "free_mb": result.meta.get("free_memory_mb"), "machine": C.machine()}))
 
@@ -114,7 +114,7 @@ def section(latent, args, runs):
         r = runs[s]
         if r["estimate_mb"] is None:
             return ("yes" if r["checkpointed"] else "no") + (f" ({r['reason']})" if r.get("reason") else "")
-        return (f"{'yes' if r['checkpointed'] else 'no'} (autograd would keep ~{r['estimate_mb']:,} MiB, "
+        return (f"{'yes' if r['checkpointed'] else 'no'} (a step would keep ~{r['estimate_mb']:,} MiB for backward without it, measured, "
                 f"{r['free_mb']:,} MiB free)")
 
     rows = [[s, decided(s), f"{r['seconds']:.1f} s", C.mib(r["peak_above_model"]), C.mib(r["saved_bytes"]),

@@ -12,7 +12,13 @@ the same UNet's plain forward+backward+forward measured in the same process (pla
 ordinary copy of the UNet, no ComfyUI, no CAD). Sampling with vs without a mask: 20 timed calls each, median and
 interquartile range.
 
+Flux.1-dev at full size runs on its own (`--families flux`, about 5 minutes): random weights in ComfyUI's Flux-dev
+configuration stored in fp8 e4m3 and computed in bf16 (as users load it), 1024x1024, T=20, ff scope, under a real
+24 GiB cap with memory_budget_mb = what the cap leaves after the weights (less a headroom for ComfyUI's own no-grad
+forwards): time, peak, passes, and what CAD measured one step to keep for backward.
+
     python benchmarks/gpu_check.py                      # on the GPU machine (writes benchmarks/results/)
+    python benchmarks/gpu_check.py --families flux      # Flux.1-dev fp8 under 24 GiB (-> gpu_check_<GPU>_flux.md)
     python benchmarks/gpu_check.py --dry-run            # anywhere: CPU, reduced models, T=2 (checks the script)
     bash benchmarks/gpu_check.sh                        # the same, with the repo's .venv and ComfyUI
 
@@ -24,6 +30,7 @@ gradient sums (on the GPU; the fp32 weight copies the probes keep live in CPU RA
 sampling speed with vs without the mask.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -36,12 +43,15 @@ import _common as C  # noqa: E402
 
 FAMILIES = {"sd15": 512, "sdxl": 1024}
 CAPS_GIB = {"sd15": 4.0, "sdxl": 10.0}    # issue 12's targets: peak memory with default settings
+FLUX = {"px": 1024, "steps": 20, "cap_gib": 24.0,   # issue 12: Flux.1-dev, fp8 weights, must complete under 24 GiB
+        "headroom_gib": 1.5}   # left outside memory_budget_mb: ComfyUI's no-grad forwards, latents, cast buffers
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, reduced models, tiny latents, T=2")
-    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=[*FAMILIES, "flux"],
+                    help="sd15, sdxl (default) and/or flux (Flux.1-dev fp8 under a 24 GiB cap; best run alone)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--time-budget-s", type=float, default=540.0, help="stop measuring (extrapolate) past this")
     ap.add_argument("--sample-steps", type=int, default=10)
@@ -55,7 +65,7 @@ def main():
         args.steps = min(args.steps, 2)
         args.sample_steps = min(args.sample_steps, 2)
         args.sample_repeats = 4
-    caps = dict(zip(args.families, args.cap_gib)) if args.cap_gib else {f: CAPS_GIB[f] for f in args.families}
+    caps = dict(zip(args.families, args.cap_gib)) if args.cap_gib else {f: CAPS_GIB[f] for f in args.families if f in CAPS_GIB}
 
     C.setup(cpu=dry)
     import torch
@@ -88,7 +98,9 @@ def main():
         return torch.cuda.max_memory_allocated() if cuda else 0
 
     results = {"machine": info, "dry_run": dry, "steps": args.steps, "families": {}}
-    for family in args.families:
+    if "flux" in args.families:
+        results["flux"] = flux_check(dry, cuda, log, sync)
+    for family in [f for f in args.families if f != "flux"]:
         px = 64 if dry else FAMILIES[family]
         latent_px = px // 8
         mp = C.build_unet(family, torch.float16, tiny=dry)
@@ -113,18 +125,8 @@ def main():
                 sync()  # so each unit's timestamp includes its GPU work
                 clock(done, total)
 
-            real_free = mm.get_free_memory
-            if cuda and cap_gib:
-                torch.cuda.set_per_process_memory_fraction(
-                    min(1.0, cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory))
-
-                def card_free(dev=None, torch_free_too=False):   # what ComfyUI would see on a card of cap_gib
-                    free_total, free_torch = real_free(dev, True)
-                    left = max(0, int(cap_gib * 2**30) - torch.cuda.memory_allocated())
-                    return (min(free_total, left), min(free_torch, left)) if torch_free_too else min(free_total, left)
-                mm.get_free_memory = card_free
             try:
-                with torch.inference_mode():
+                with emulated_card(cap_gib if cuda else 0.0), torch.inference_mode():
                     sync()
                     t0 = time.perf_counter()
                     a = attribute_with_budget(mp, pos, neg, C.empty_latent(latent_px), objective="concept_gap",
@@ -136,11 +138,6 @@ def main():
                 log(f"  {schedule} T={t} under a {cap_gib:g} GiB cap: out of memory ({str(e)[:120]})")
                 runs[label or (t, schedule)] = {"oom": True, "cap_gib": cap_gib, "peak_vram": vram_peak()}
                 return None
-            finally:
-                mm.get_free_memory = real_free
-                if cuda and cap_gib:
-                    torch.cuda.set_per_process_memory_fraction(1.0)
-                    mm.soft_empty_cache()
             calls = {k: a.meta["unet_calls"][k] for k in ("forward_backward", "forward_no_grad")}
             stamps = clock.stamps
             steady = statistics.median(b - a_ for a_, b in zip(stamps[1:], stamps[2:])) if len(stamps) > 2 else None
@@ -264,6 +261,10 @@ def main():
                            f"{r['plain_step_s']:.3f} s",
                            "n/a" if steady is None else f"{steady / r['plain_step_s']:.2f}x"])
     title = "DRY RUN (CPU, reduced models; not a benchmark)" if dry else info.get("gpu", "GPU")
+    if not results["families"]:      # Flux alone
+        report = "\n".join([f"# CAD attribution on a GPU: {title}\n", f"Machine: {json.dumps(info)}.\n",
+                            flux_report(results["flux"], dry)])
+        return write_report(report, results, args, dry, info, suffix="_flux")
     report = "\n".join([
         f"# CAD attribution on a GPU: {title}\n",
         f"Machine: {json.dumps(info)}. fp16 weights, random values, ComfyUI's SD1.5 / SDXL UNet configurations, "
@@ -279,15 +280,164 @@ def main():
                  "gradient_checkpointing on (T=4)", "probe weight copies (CPU RAM, only if cast)"], mem_rows), "",
         C.table(["model", "mask weights", "build mask", "Apply CAD Mask", "patch at load",
                  f"sampling {args.sample_steps} steps, {args.sample_repeats} calls: median [IQR]", "with mask"],
-                apply_rows), ""])
+                apply_rows), "", *([flux_report(results["flux"], dry)] if "flux" in results else [])])
+    write_report(report, results, args, dry, info)
+
+
+def write_report(report, results, args, dry, info, suffix=""):
     print("\n" + report)
     os.makedirs(C.RESULTS, exist_ok=True)
-    name = args.name or ("gpu_check_dry_run" if dry else "gpu_check_" + info.get("gpu", "gpu").split(",")[0].replace(" ", "_"))
+    name = (args.name or ("gpu_check_dry_run" if dry else "gpu_check_" + info.get("gpu", "gpu").split(",")[0]
+                          .replace(" ", "_"))) + suffix
     with open(os.path.join(C.RESULTS, name + ".md"), "w") as f:
         f.write(report)
     with open(os.path.join(C.RESULTS, name + ".json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     print(f"written to {os.path.join(C.RESULTS, name)}.md/.json")
+
+
+def build_flux_dev(device, dry: bool):
+    """ModelPatcher around Flux.1-dev in ComfyUI's configuration (family_cost.flux1_dev; --dry-run: one block of
+    each kind), weights drawn on `device` and stored in fp8 e4m3 as the fp8 checkpoints users load, computed in
+    what ComfyUI picks for fp8 there (bf16 on a recent GPU, fp32 on a CPU)."""
+    import torch
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    from family_cost import flux1_dev, for_this_comfyui
+    _, config = flux1_dev(dry)
+    config, _ = for_this_comfyui(config)
+    cfg = comfy.supported_models.Flux(config)
+    weight_dtype = torch.float8_e4m3fn
+    cfg.set_inference_dtype(weight_dtype, mm.unet_manual_cast(weight_dtype, device, cfg.supported_inference_dtypes))
+    g = torch.Generator(device=device).manual_seed(0)
+    with torch.inference_mode():
+        model = cfg.get_model({}, device=device)
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim == 1:     # norms' scales 1, biases 0
+                p.fill_(1.0 if name.endswith(("scale", "norm.weight")) else 0.0)
+            else:
+                fan_in = math.prod(p.shape[1:])
+                p.copy_(torch.randn(p.shape, generator=g, device=device, dtype=torch.bfloat16)
+                        .mul_(1.0 / math.sqrt(fan_in)).to(p.dtype))
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+
+
+def flux_check(dry, cuda, log, sync) -> dict:
+    """Flux.1-dev fp8, 1024x1024, T=20, ff scope, under a real 24 GiB cap; memory_budget_mb = the cap less the
+    loaded weights and a headroom. Reports completion (or out of memory), time, peak, passes."""
+    import torch
+    import comfy.model_management as mm
+    from attribution_cost import StepClock
+    from cad_pack.cad_core import resolve_scope
+    from cad_pack.cad_core.budget import MB, scope_bytes
+    from cad_pack.nodes.bridge import attribute_with_budget, patchable_weights
+    px, steps = (64, 2) if dry else (FLUX["px"], FLUX["steps"])
+    cap_gib = FLUX["cap_gib"]
+    device = mm.get_torch_device()
+    t_build = time.perf_counter()
+    mp = build_flux_dev(device, dry)
+    with torch.inference_mode():
+        mm.load_models_gpu([mp], force_full_load=True)
+    sync()
+    build_s = time.perf_counter() - t_build
+    params = sum(p.numel() for p in mp.model.diffusion_model.parameters())
+    weights = torch.cuda.memory_allocated() if cuda else sum(
+        p.numel() * p.element_size() for p in mp.model.diffusion_model.parameters())
+    shapes = dict(patchable_weights(mp))
+    scope = resolve_scope(list(shapes.items()), "ff")
+    state = scope_bytes([shapes[k] for k in scope])
+    budget_mb = max(1, int((cap_gib * 2**30 - weights - FLUX["headroom_gib"] * 2**30) / MB))
+    g = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        def cond(seed):
+            g.manual_seed(seed)
+            return [[torch.randn((1, 256, 4096), generator=g), {"pooled_output": torch.randn((1, 768), generator=g),
+                                                                  "guidance": 3.5}]]
+        pos, neg = cond(1), cond(2)
+        latent = {"samples": torch.zeros((1, 16, px // 8, px // 8))}
+    log(f"flux: {params:,} params ({mp.model.get_dtype()}, compute {mp.model.manual_cast_dtype}), built and loaded "
+        f"in {build_s:.1f} s; weights {C.mib(weights)}; ff scope {len(scope)} matrices, state {C.mib(state)}; "
+        f"memory_budget_mb {budget_mb:,} under a {cap_gib:g} GiB cap")
+    clock = StepClock()
+
+    def progress(done, total):
+        sync()
+        clock(done, total)
+
+    out = {"px": px, "steps": steps, "params": params, "weights": weights, "scope_weights": sum(
+        math.prod(shapes[k]) for k in scope), "scope_state": state, "cap_gib": cap_gib, "budget_mb": budget_mb,
+        "headroom_gib": FLUX["headroom_gib"], "build_s": build_s, "weight_dtype": str(mp.model.get_dtype()),
+        "compute_dtype": str(mp.model.manual_cast_dtype)}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with emulated_card(cap_gib if cuda else 0.0), torch.inference_mode():
+            sync()
+            t0 = time.perf_counter()
+            a = attribute_with_budget(mp, pos, neg, latent, objective="concept_gap", steps=steps, guidance=3.5,
+                                      seed=0, samples=1, scope="ff", memory_budget_mb=budget_mb,
+                                      on_progress=progress)
+            sync()
+            out.update(seconds=time.perf_counter() - t0, oom=False, passes=a.meta.get("passes", 1),
+                       activation_mb=a.meta["activation_mb"], peak_scope_mb=a.meta["peak_scope_mb"],
+                       checkpointing=a.meta.get("gradient_checkpointing"),
+                       reason=a.meta.get("checkpointing_reason"), calls=a.meta["unet_calls"])
+    except torch.cuda.OutOfMemoryError as e:
+        out.update(oom=True, error=str(e)[:300])
+    out["peak"] = torch.cuda.max_memory_allocated() if cuda else None
+    log("  flux: " + ("out of memory" if out["oom"] else f"{out['seconds']:.1f} s, {out['passes']} passes") + (
+        "" if out["peak"] is None else f", peak {C.mib(out['peak'])}"))
+    del mp
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    return out
+
+
+def flux_report(r, dry) -> str:
+    size = "reduced (dry run: one block of each kind, 64x64, T=2)" if dry else f"{r['px']}x{r['px']}, T={r['steps']}"
+    head = ["model", "weights (allocated)", "ff scope: weights, CAD state", "cap", "memory_budget_mb",
+            "result", "wall", "passes", "one step's backward (measured)", "gradient_checkpointing", "peak allocated"]
+    row = ["Flux.1-dev fp8 e4m3 (" + size + ")", C.mib(r["weights"]),
+           f"{r['scope_weights'] / 1e9:.2f}B, {C.mib(r['scope_state'])}", f"{r['cap_gib']:g} GiB",
+           f"{r['budget_mb']:,}", "out of memory" if r["oom"] else "completed",
+           "-" if r["oom"] else f"{r['seconds']:.1f} s", "-" if r["oom"] else r["passes"],
+           "-" if r["oom"] else f"{r['activation_mb']:,.0f} MiB",
+           "-" if r["oom"] else ("on" if r["checkpointing"] else "off") + (f" ({r['reason']})" if r.get("reason") else ""),
+           "n/a (CPU)" if r["peak"] is None else C.mib(r["peak"])]
+    return "\n".join([
+        "## Flux.1-dev at full size under a 24 GiB cap\n",
+        f"Random weights in ComfyUI's Flux.1-dev configuration, stored as {r['weight_dtype']}, computed in "
+        f"{r['compute_dtype']}; scope ff, concept_gap, guidance 3.5; memory_budget_mb = the cap less the loaded "
+        f"weights and {r['headroom_gib']:g} GiB of headroom for ComfyUI's no-grad forwards. Built and loaded in "
+        f"{r['build_s']:.1f} s.\n", C.table(head, [row]), ""])
+
+
+@contextlib.contextmanager
+def emulated_card(cap_gib: float):
+    """While active (cap_gib > 0, CUDA): a real allocation cap of cap_gib (torch.cuda.set_per_process_memory_fraction,
+    counting what is already allocated) and ComfyUI told the free memory such a card would have, so that its
+    decisions and gradient_checkpointing=auto's are those of that card."""
+    if not cap_gib:
+        yield
+        return
+    import torch
+    import comfy.model_management as mm
+    real_free = mm.get_free_memory
+    torch.cuda.set_per_process_memory_fraction(
+        min(1.0, cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory))
+
+    def card_free(dev=None, torch_free_too=False):
+        free_total, free_torch = real_free(dev, True)
+        left = max(0, int(cap_gib * 2**30) - torch.cuda.memory_allocated())
+        return (min(free_total, left), min(free_torch, left)) if torch_free_too else min(free_total, left)
+    mm.get_free_memory = card_free
+    try:
+        yield
+    finally:
+        mm.get_free_memory = real_free
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        mm.soft_empty_cache()
 
 
 def plain_step_seconds(mp, family, latent_px, pos, sync, repeats=5):

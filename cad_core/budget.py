@@ -1,13 +1,19 @@
-"""Memory budget for attribution: split a scope into chunks attributed in successive passes.
+"""Memory budget for attribution: what CAD may allocate beyond the loaded model, and how a scope is cut into chunks
+attributed in successive passes so that it fits.
 
-Per scoped weight, attribution holds an fp32 gradient sum (on the model's device) and, when the forward computes
-with a weight the module does not hold itself (cast to another dtype or device, patched at cast time), an fp32
-copy of it for alpha = w * dJ/dw: at most 8 bytes per weight, which the budget counts. Flux's feed-forward scope (about
-7.2e9 weights) needs about 58 GB of that, far more than a 24 GB GPU has next to the model. With a budget, the
-scope is cut, in model order, into chunks whose state fits; each chunk is attributed by its own pass over
-the same trajectories (same seed, same noise, same model), and the per-chunk scores are joined. A weight's
-score depends only on the trajectories and on J, never on which other weights are probed, so the joined
-result equals the one-pass result; the price is one full set of UNet calls per pass.
+Two parts count against the budget:
+- what one differentiated step keeps for its backward pass (activations, and the weight copies layers save),
+  measured on the real model and latent before the run (nodes/bridge/activation_memory.py); with gradient
+  checkpointing that is one block's worth plus every block's inputs;
+- per scoped weight, an fp32 gradient sum (on the model's device) and, when the forward computes with a weight the
+  module does not hold itself (cast to another dtype or device, patched at cast time), an fp32 copy of it for
+  alpha = w * dJ/dw: at most 8 bytes per weight. Flux's feed-forward scope (about 7.2e9 weights) needs about 58 GB
+  of that, far more than a 24 GB GPU has next to the model.
+With a budget, the scope is cut, in model order, into chunks whose state fits in what the activations leave; each
+chunk is attributed by its own pass over the same trajectories (same seed, same noise, same model), and the
+per-chunk scores are joined. A weight's score depends only on the trajectories and on J, never on which other
+weights are probed, so the joined result equals the one-pass result; the price is one full set of UNet calls per
+pass.
 """
 import math
 from typing import Sequence
@@ -24,11 +30,13 @@ def scope_bytes(shapes: Sequence[tuple]) -> int:
     return sum(math.prod(s) for s in shapes) * BYTES_PER_SCOPED_WEIGHT
 
 
-def plan_chunks(named_shapes: Sequence[tuple[str, tuple]], budget_bytes: float) -> list[list[str]]:
-    """Cut the scope (key, shape) list, in order, into the fewest consecutive chunks whose state fits.
+def plan_chunks(named_shapes: Sequence[tuple[str, tuple]], budget_bytes: float,
+                activation_bytes: int = 0) -> list[list[str]]:
+    """Cut the scope (key, shape) list, in order, into the fewest consecutive chunks whose state fits in the budget
+    minus `activation_bytes` (what one differentiated step keeps for backward, measured by the caller).
 
-    budget_bytes <= 0 means unlimited: one chunk. A single matrix larger than the budget cannot be split
-    (its score needs its whole gradient), so that is an error naming the smallest budget that works.
+    budget_bytes <= 0 means unlimited: one chunk. A single matrix larger than what is left cannot be split (its score
+    needs its whole gradient), so that is an error naming the smallest budget that works.
     """
     named_shapes = list(named_shapes)
     if not named_shapes:
@@ -37,15 +45,22 @@ def plan_chunks(named_shapes: Sequence[tuple[str, tuple]], budget_bytes: float) 
         return [[k for k, _ in named_shapes]]
     largest_key, largest_shape = max(named_shapes, key=lambda ks: math.prod(ks[1]))
     largest = scope_bytes([largest_shape])
-    if largest > budget_bytes:
+    room = budget_bytes - activation_bytes
+    if largest > room:
+        activations = (f"one differentiated step keeps {activation_bytes / MB:,.2f} MB for its backward pass at this "
+                       f"latent size (measured: activations and the weight copies layers save), and "
+                       if activation_bytes else "")
         raise CADError(
-            f"memory_budget_mb {budget_bytes / MB:g} is too small: the largest scoped matrix '{largest_key}' "
-            f"{tuple(largest_shape)} alone needs {largest / MB:.2f} MB (fp32 gradient sum + fp32 weight copy, "
-            f"{BYTES_PER_SCOPED_WEIGHT} bytes per weight). Set at least {math.ceil(largest / MB)} MB, or 0 for no limit.")
+            f"memory_budget_mb {budget_bytes / MB:g} is too small: {activations}the largest scoped matrix "
+            f"'{largest_key}' {tuple(largest_shape)} alone needs {largest / MB:.2f} MB (fp32 gradient sum + fp32 "
+            f"weight copy, {BYTES_PER_SCOPED_WEIGHT} bytes per weight). Set at least "
+            f"{math.ceil((activation_bytes + largest) / MB)} MB, or 0 for no limit"
+            + ("; gradient_checkpointing 'on' or a smaller latent keeps less for the backward pass." if activation_bytes
+               else "."))
     chunks, current, used = [], [], 0
     for key, shape in named_shapes:
         need = scope_bytes([shape])
-        if current and used + need > budget_bytes:
+        if current and used + need > room:
             chunks.append(current)
             current, used = [], 0
         current.append(key)

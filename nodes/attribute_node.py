@@ -56,11 +56,13 @@ class CADAttribute(io.ComfyNode):
                                 tooltip="concept_likelihood only: latents of images showing the concept (VAE "
                                 "Encode). Without them the model's own samples for the concept are used."),
                 io.Int.Input("memory_budget_mb", default=0, min=0, max=1 << 30, optional=True,
-                             tooltip="Advanced. 0 = no limit. Otherwise the most memory (MB) CAD's own per-weight "
-                             "state may take, counted as 8 bytes per scoped weight (fp32 gradient sum, and an fp32 weight copy where the model "
-                             "computes with a cast of its weights). A "
-                             "larger scope is attributed in chunks, one pass per chunk over the same trajectories "
-                             "(same result, one set of UNet calls per pass). Flux's ff scope needs ~58 GB unchunked."),
+                             tooltip="Advanced. 0 = no limit. Otherwise the most memory (MB) CAD may take beyond "
+                             "the loaded model: what one differentiated step keeps for its backward pass (measured by "
+                             "one extra forward before the run, at this latent size) plus 8 bytes per scoped weight "
+                             "(fp32 gradient sum, and an fp32 weight copy where the model computes with a cast of its "
+                             "weights). A larger scope is attributed in chunks, one pass per chunk over the same "
+                             "trajectories (same result, one set of UNet calls per pass). Flux's ff scope needs ~58 GB "
+                             "unchunked. With gradient_checkpointing auto, the way with fewer passes is taken."),
                 io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
                                tooltip="Advanced. on: each block keeps only its inputs during the differentiated "
                                "forward and recomputes the rest in the backward pass: far less memory (a third on "

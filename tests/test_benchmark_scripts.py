@@ -37,6 +37,24 @@ def test_gpu_check_script_dry_run(tmp_path):
         assert column in report, column
 
 
+def test_gpu_check_flux_dry_run_completes_under_its_budget(tmp_path):
+    run_script(tmp_path, "benchmarks/gpu_check.py", "--dry-run", "--families", "flux", "--name", "gpu")
+    report = (tmp_path / "gpu_flux.md").read_text()
+    assert "## Flux.1-dev at full size under a 24 GiB cap" in report and "float8_e4m3fn" in report
+    row = next(line for line in report.splitlines() if line.startswith("| Flux.1-dev fp8"))
+    assert "| completed |" in row and "| 24 GiB |" in row
+
+
+def test_memory_budget_holds_on_a_reduced_unet(tmp_path):
+    """The budget (one step's backward, measured, + half the scope's state) against what torch really allocated."""
+    run_script(tmp_path, "benchmarks/memory_budget.py", "--tiny", "--latent", "8", "--threads", "1", "--name", "mb")
+    runs = json.loads((tmp_path / "mb.json").read_text())["runs"]
+    assert [r["setting"] for r in runs] == ["off", "on"]
+    for r in runs:
+        assert r["passes"] >= 2 and r["activation_mb"] > 0
+        assert 0 < r["peak_live"] / 2**20 <= r["budget_mb"], r
+
+
 def test_checkpointing_cost_script_runs_on_a_reduced_unet(tmp_path):
     run_script(tmp_path, "benchmarks/checkpointing_cost.py", "--tiny", "--latent", "4", "8", "--steps", "2",
                "--threads", "1", "--name", "ck")

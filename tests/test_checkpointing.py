@@ -40,7 +40,8 @@ def test_checkpointing_with_chunks_gives_the_one_pass_alpha():
     mp = build("sd15", seed=3, scale=0.1)
     one_pass = attribute(mp, "sd15", "off")
     largest = max(s.numel() for s in one_pass.scores.values()) * 8 / 2**20
-    chunked = attribute(mp, "sd15", "on", memory_budget_mb=largest * 1.5)
+    activation = attribute(mp, "sd15", "on", memory_budget_mb=1_000_000).meta["activation_mb"]
+    chunked = attribute(mp, "sd15", "on", memory_budget_mb=activation + largest * 1.5)
     assert chunked.meta["passes"] >= 2 and chunked.meta["gradient_checkpointing"] is True
     assert_same_scores(one_pass, chunked)
 
@@ -113,9 +114,11 @@ def test_auto_is_on_on_a_cpu():
 
 @pytest.mark.parametrize("free_mb,expected", [(1, True), (1 << 30, False)], ids=["crowded", "roomy"])
 def test_auto_on_a_gpu_checkpoints_when_autograd_would_crowd_free_memory(free_mb, expected, monkeypatch):
-    """The GPU branch, with ComfyUI's free-memory answer faked: on when the estimate exceeds a quarter of it."""
+    """The GPU branch, with ComfyUI's free-memory answer faked: on when what a step would keep for backward without
+    checkpointing (measured) exceeds a quarter of it."""
     import comfy.model_management
-    from cad_pack.nodes.bridge.checkpointing import auto_decision, cast_weight_bytes
+    from cad_pack.nodes.bridge.activation_memory import SavedForBackward
+    from cad_pack.nodes.bridge.checkpointing import auto_decision
     real = comfy.model_management.get_free_memory
 
     def free_memory(dev=None, torch_free_too=False):
@@ -123,28 +126,26 @@ def test_auto_on_a_gpu_checkpoints_when_autograd_would_crowd_free_memory(free_mb
             return real(dev, torch_free_too)
         return free_mb * 2**20
     monkeypatch.setattr(comfy.model_management, "get_free_memory", free_memory)
-    mp = build("sd15", seed=3, scale=0.1)
-    unet = mp.model.diffusion_model
-    context = conditioning("sd15", 1)[0][0]
-    with torch.inference_mode():
-        decided = auto_decision(unet, lambda: unet(torch.zeros((1, 4, 8, 8)), timesteps=torch.tensor([500.0]),
-                                                   context=context), torch.device("cuda"), torch.float16)
+    saved = SavedForBackward({"": 2**20, "a": 3 * 2**20, "b": 5 * 2**20}, unit_inputs=2**20)
+    decided = auto_decision(torch.device("cuda"), lambda: saved)
     assert decided["gradient_checkpointing"] is expected and decided["free_memory_mb"] == free_mb
-    weights = cast_weight_bytes(unet, torch.float16)
-    assert weights == 2 * sum(p.numel() for n, p in unet.named_parameters() if n.endswith((".weight", ".bias"))
-                              and not n.startswith(("label_emb",)))
-    assert decided["activation_estimate_mb"] >= weights / 2**20 - 1
+    assert decided["kept_without_checkpointing_mb"] == 9 + 2 * 5      # all saved, plus two units' working room
     assert ("on" if expected else "off") in decided["checkpointing_reason"]
+    assert auto_decision(torch.device("cpu"), lambda: pytest.fail("a CPU needs no measurement"))[
+        "gradient_checkpointing"] is True
 
 
-def test_the_activation_estimate_grows_with_the_latent():
-    from cad_pack.nodes.bridge.checkpointing import layer_output_bytes
-    mp = build("sd15", seed=3, scale=0.1)
+def test_what_a_step_keeps_grows_with_the_latent():
+    from cad_pack.nodes.bridge.activation_memory import measure_saved_for_backward
+    mp = build("sd15", seed=3, scale=0.1, inference=False)   # ordinary weights: a plain forward may save them
     unet = mp.model.diffusion_model
     context = conditioning("sd15", 1)[0][0]
 
     def forward(side):
-        return lambda: unet(torch.zeros((1, 4, side, side)), timesteps=torch.tensor([500.0]), context=context)
-    with torch.inference_mode():
-        small, large = layer_output_bytes(unet, forward(8)), layer_output_bytes(unet, forward(16))
-    assert small > 0 and 3.5 * small < large < 4.5 * small      # 4x the pixels, ~4x the activations
+        x = torch.zeros((1, 4, side, side), requires_grad=True)   # a graph through every layer
+        return lambda: unet(x, timesteps=torch.tensor([500.0]), context=context.clone())
+    with torch.inference_mode(False):
+        small = measure_saved_for_backward(unet, forward(8)).kept_bytes(False)
+        large = measure_saved_for_backward(unet, forward(16)).kept_bytes(False)
+    # 4x the pixels: 4x the convolutions' activations, 16x the attention maps'
+    assert small > 0 and 4 * small < large < 16 * small

@@ -1,6 +1,8 @@
-"""Memory budget: a scope whose per-pass state (8 bytes per weight) exceeds memory_budget_mb is attributed
-in chunks, one pass per chunk over the same trajectories; the joined alpha equals the one-pass alpha."""
+"""Memory budget: what one differentiated step keeps for backward is measured first; a scope whose per-pass state
+(8 bytes per weight) exceeds what that leaves of memory_budget_mb is attributed in chunks, one pass per chunk over
+the same trajectories; the joined alpha equals the one-pass alpha."""
 import math
+import re
 
 import pytest
 import torch
@@ -65,17 +67,26 @@ def run(mp, family, budget_mb, objective="concept_gap", progress=None, **kw):
                                      memory_budget_mb=budget_mb, on_progress=progress, **kw)
 
 
+def activation_mb(mp, family, objective="concept_gap", **kw):
+    """What the budgeted run measured one differentiated step to keep for backward (a budget that fits anything)."""
+    return run(mp, family, 1_000_000, objective, **kw).meta["activation_mb"]
+
+
 @pytest.mark.parametrize("family,scope,objective", [("sd15", "ff", "concept_gap"), ("flux", "ff+attention", "concept_likelihood")])
 def test_chunked_alpha_equals_unchunked_alpha(family, scope, objective):
     mp = build(family, seed=2, scale=0.1)
     whole = run(mp, family, 0, objective, scope=scope)
     total = scope_bytes([s.shape for s in whole.scores.values()])
-    budget_mb = total / MB / 3.5            # about four passes
+    activation = activation_mb(mp, family, objective, scope=scope)
+    assert activation > 0
+    budget_mb = activation + total / MB / 3.5            # about four passes
     seen = []
     chunked = run(mp, family, budget_mb, objective, progress=lambda d, t: seen.append((d, t)), scope=scope)
-    passes = expected_passes(mp, scope, budget_mb * MB)
+    assert chunked.meta["activation_mb"] == activation   # the same measurement, and checkpointing on either way
+    room = (budget_mb - activation) * MB
+    passes = expected_passes(mp, scope, room)
     assert passes >= 3
-    assert chunked.meta["passes"] == passes == len(plan_passes(mp, scope, "", budget_mb))
+    assert chunked.meta["passes"] == passes == len(plan_passes(mp, scope, "", budget_mb, activation * MB))
     assert list(chunked.scores) == list(whole.scores)          # model order, same keys
     for k, s in whole.scores.items():
         torch.testing.assert_close(chunked.scores[k], s, rtol=1e-6, atol=0)
@@ -83,7 +94,7 @@ def test_chunked_alpha_equals_unchunked_alpha(family, scope, objective):
     assert calls["forward_backward"] == passes * one["forward_backward"]
     assert calls["forward_no_grad"] == passes * one["forward_no_grad"]
     assert calls["objective_total"] == pytest.approx(one["objective_total"], rel=1e-6)
-    assert chunked.meta["scope"] == scope and chunked.meta["peak_scope_mb"] <= budget_mb
+    assert chunked.meta["scope"] == scope and chunked.meta["peak_scope_mb"] + activation <= budget_mb
     assert len(chunked.points) == len(whole.points)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]
 
@@ -92,19 +103,38 @@ def test_budget_that_fits_runs_once_and_bad_budgets_are_refused():
     mp = build("sd15", seed=2)
     once = run(mp, "sd15", 10_000)
     assert "passes" not in once.meta and once.meta["unet_calls"]["forward_backward"] == STEPS
+    assert once.meta["activation_mb"] > 0 and once.meta["memory_budget_mb"] == 10_000
     with pytest.raises(CADError, match="too small"):
         run(mp, "sd15", 0.01)
     with pytest.raises(CADError, match="memory_budget_mb must be 0"):
         run(mp, "sd15", -1)
 
 
+def test_a_budget_the_scope_fits_but_the_activations_do_not_is_refused():
+    """One matrix's state fits the budget (the budget before it covered activations ran this), but not together
+    with what a step keeps for backward."""
+    mp = build("sd15", seed=2)
+    key, shape = max(((k, s) for k, s in patchable_weights(mp) if ".ff." in k), key=lambda ks: math.prod(ks[1]))
+    one_matrix = dict(scope="regex", scope_regex=re.escape(key.removeprefix("diffusion_model.")))
+    state_mb = math.prod(shape) * BYTES_PER_SCOPED_WEIGHT / MB
+    activation = activation_mb(mp, "sd15", gradient_checkpointing="on", **one_matrix)
+    budget = activation + state_mb / 2
+    assert state_mb < budget < activation + state_mb
+    with pytest.raises(CADError, match=r"keeps [\d.]+ MB for its backward pass.*Set at least"):
+        run(mp, "sd15", budget, gradient_checkpointing="on", **one_matrix)
+
+
 def test_node_passes_the_budget_through():
     mp = build("sd15", seed=2)
     per_weight = sum(math.prod(s) for k, s in patchable_weights(mp)
                      if k in set(resolve_scope(patchable_weights(mp), "ff"))) * BYTES_PER_SCOPED_WEIGHT
-    assert 1 * MB < per_weight < 2 * MB        # 1 MB forces two passes on this model
+    assert 1 * MB < per_weight < 2 * MB
+    activation = activation_mb(mp, "sd15")
+    budget = math.ceil(activation + 0.5)    # the node takes whole MB; leaves 0.5-1.5 MB for the scope: 2 passes or more
     with torch.inference_mode():
         out = CADAttribute.execute(model=mp, positive=conditioning("sd15", 1), base=conditioning("sd15", 2),
-                                   latent=empty_latent(), objective="concept_gap", steps=1, guidance=3.0, seed=0,
-                                   samples=1, scope="ff", schedule="single", memory_budget_mb=1)
-    assert out.args[0].meta["passes"] == 2 and out.args[0].meta["memory_budget_mb"] == 1
+                                   latent=empty_latent(), objective="concept_gap", steps=STEPS, guidance=3.0, seed=5,
+                                   samples=1, scope="ff", schedule="single", memory_budget_mb=budget)
+    meta = out.args[0].meta
+    assert meta["passes"] == expected_passes(mp, "ff", (budget - activation) * MB) >= 2
+    assert meta["memory_budget_mb"] == budget and meta["activation_mb"] == activation

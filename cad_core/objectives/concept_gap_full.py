@@ -27,4 +27,4 @@ CONCEPT_GAP_FULL = Objective(
     formula="`J = Σ_t ‖ε(x_t, c) − ε(x_t, c_base)‖²` at the same points as concept_gap, without the stop-gradient",
     effect="Its positive components shrink the gap as a real ablation measures it, base branch included.",
     visit=visit, measure=measure, units_of_work=units_of_work, holds_base=False, takes_images=False,
-    contrasts_base=True)
+    contrasts_base=True, differentiated_forwards=2)

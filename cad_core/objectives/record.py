@@ -27,3 +27,6 @@ class Objective:
     takes_images: bool
     # J compares the concept's prediction with the base's: identical concept and base conditionings make it 0
     contrasts_base: bool
+    # differentiated forwards whose graphs are alive together at each backward pass (concept_gap_full: both
+    # branches): what one step keeps for backward is that many forwards' worth (memory_budget_mb counts it)
+    differentiated_forwards: int = 1

@@ -6,6 +6,7 @@ inputs, call these functions (and cad_core), and return.
     differentiable  which model CAD differentiates (a non-dynamic reload under Dynamic VRAM) and what makes
                     ComfyUI's forward passes safe for autograd
     checkpointing   per-block gradient checkpointing of the differentiated forwards, and auto's decision
+    activation_memory  what one differentiated step keeps for backward, measured (the memory budget counts it)
     attribution     CAD Attribute through ComfyUI's CFGGuider, in chunks under a memory budget
     scope_regex     a workflow's scope_regex matched within a time bound
     masks           Apply CAD Mask: the weight adapter and the patched clone

@@ -2,6 +2,7 @@
 prepared exactly as KSampler prepares it), on a differentiable clone with gradient probes, under a memory budget
 in chunks when asked."""
 import logging
+from contextlib import nullcontext
 
 import torch
 
@@ -18,7 +19,8 @@ from .differentiable import (differentiable_source, kernels_with_backward, ordin
                              saved_tensor_copies)
 from .model_info import (check_conditioning, compute_dtype_of, fingerprint_of, parameterization_of,
                          patchable_weights, same_conditioning, sampler_latent)
-from .probes import (ProbeCapture, cad_wrappers_lifted, install_missing_cad_wrappers, install_probes,
+from .activation_memory import measure_saved_for_backward
+from .probes import (GradProbe, GraphProbe, ProbeCapture, cad_wrappers_lifted, install_missing_cad_wrappers, install_probes,
                      modules_with_cad_wrappers, probes_must_see_their_modules, remove_cad_wrappers)
 from .scope_regex import bounded_matcher
 
@@ -60,18 +62,19 @@ class AttributionSampler(comfy.samplers.Sampler):
                     return comfy.samplers.calc_cond_batch(inner, [conds[name]], x, s, options)[0]
             return predict
 
-        checkpointing = self.checkpointing
-        if checkpointing == "auto":
-            start = latent_image[:1].to(noise.device)
-            self.decided.update(auto_decision(inner.diffusion_model, lambda: predictor("positive")(start, sigmas[0]),
-                                              noise.device, inner.manual_cast_dtype or inner.get_dtype()))
-            checkpointing = self.decided["gradient_checkpointing"]
-        self.decided["gradient_checkpointing"] = bool(checkpointing)
         # Clones: tensors made under inference mode (sigmas, latents) cannot be saved for backward; so
         # are the parameters outside comfy ops (DiT RMSNorm scales), which no weight wrapper reaches.
-        with ordinary_copies_of_plain_parameters(inner.diffusion_model), \
-                blocks_checkpointed(inner.diffusion_model, checkpointing):
-            return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise, latent_image.clone())
+        with ordinary_copies_of_plain_parameters(inner.diffusion_model):
+            checkpointing = self.checkpointing
+            if checkpointing == "auto":     # measured by one differentiated forward that keeps nothing
+                start = latent_image[:1].to(noise.device)
+                self.decided.update(auto_decision(noise.device, lambda: measure_saved_for_backward(
+                    inner.diffusion_model, lambda: predictor("positive")(start, sigmas[0].clone()))))
+                checkpointing = self.decided["gradient_checkpointing"]
+            self.decided["gradient_checkpointing"] = bool(checkpointing)
+            with blocks_checkpointed(inner.diffusion_model, checkpointing):
+                return self.run(predictor("positive"), predictor("negative"), sigmas.clone(), noise,
+                                latent_image.clone())
 
 
 def attribute_model(model, positive, base, latent, *, objective, steps, guidance, seed, samples, scope,
@@ -128,14 +131,11 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
     sigmas = comfy.samplers.calculate_sigmas(ms, SCHEDULER, steps).float()
     parameterization = parameterization_of(model)
 
-    with torch.inference_mode(False):
-        model.model.requires_grad_(False)
-        source.model.requires_grad_(False)
-        grad_model = source.clone()
-        probes = install_probes(grad_model, keys)
+    result, decided = {}, {}   # decided: what the sampler chose for this run (no reference to the sampler
+    # itself, which holds this closure: a cycle would keep the probes alive after a cancel)
+
+    def sampler_for(grad_model, probes):
         capture = ProbeCapture(probes, shapes, grad_model.load_device)
-        result, decided = {}, {}   # decided: what the sampler chose for this run (no reference to the sampler
-        # itself, which holds this closure: a cycle would keep the probes alive after a cancel)
 
         def run(concept, base_fn, sigmas_dev, noise, processed_latent):
             # Sample 0's first trajectory uses the seed itself, as KSampler would.
@@ -152,21 +152,55 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
                       **decided,
                       "latent_shape": list(latent_image.shape)})
             return processed_latent
+        return AttributionSampler(run, grad_model, private_saves, checkpointing, decided)
 
+    start = images if images is not None else latent_image
+    _sample_on_gradient_clone(model, source, keys, positive, base, guidance, seed, start, sigmas, sampler_for)
+    return result["attribution"]
+
+
+def _sample_on_gradient_clone(model, source, keys, positive, base, guidance, seed, start, sigmas, sampler_for,
+                              probe_type=GradProbe):
+    """Run ComfyUI's CFGGuider with the sampler `sampler_for(grad_model, probes)` on a clone of `source` whose
+    scoped weights carry probes of `probe_type` (and every other weight a CopyForBackward); the clone's wrappers
+    are removed afterwards, whatever happened."""
+    with torch.inference_mode(False):
+        model.model.requires_grad_(False)
+        source.model.requires_grad_(False)
+        grad_model = source.clone()
+        probes = install_probes(grad_model, keys, probe_type)
         try:
             guider = comfy.samplers.CFGGuider(grad_model)
             guider.set_conds(positive, base)
             guider.set_cfg(guidance)
-            start = images if images is not None else latent_image
-            noise = torch.zeros_like(start)
-            sampler = AttributionSampler(run, grad_model, private_saves, checkpointing, decided)
-            with probes_must_see_their_modules(grad_model, probes):
-                guider.sample(noise, start, sampler, sigmas, seed=seed, disable_pbar=True)
+            sampler = sampler_for(grad_model, probes)
+            watch = probes_must_see_their_modules(grad_model, probes) if probe_type is GradProbe else nullcontext()
+            with watch:
+                guider.sample(torch.zeros_like(start), start, sampler, sigmas, seed=seed, disable_pbar=True)
         finally:
             remove_cad_wrappers(grad_model)
             del grad_model
             comfy.model_management.soft_empty_cache()
-    return result["attribution"]
+
+
+def measure_activations(model, positive, base, latent, *, source, keys, guidance, seed, concept_latent=None):
+    """What one differentiated step of an attribution of `keys` keeps for its backward pass
+    (activation_memory.SavedForBackward), measured by one differentiated forward on the run's latent size."""
+    start = sampler_latent(model, concept_latent if concept_latent is not None else latent)[:1]
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), SCHEDULER, 1).float()
+    measured = {}
+
+    def sampler_for(grad_model, probes):
+        def run(concept, base_fn, sigmas_dev, noise, processed_latent):
+            x = processed_latent[:1].to(noise)
+            measured["saved"] = measure_saved_for_backward(grad_model.model.diffusion_model,
+                                                           lambda: concept(x, sigmas_dev[0]))
+            return processed_latent
+        return AttributionSampler(run, grad_model, checkpointing=False)
+
+    _sample_on_gradient_clone(model, source, keys, positive, base, guidance, seed, start, sigmas, sampler_for,
+                              probe_type=GraphProbe)
+    return measured["saved"]
 
 
 
@@ -174,18 +208,53 @@ def _attribution_pass(model, positive, base, latent, *, objective, steps, guidan
 # Every pass uses the same seed, so it samples the same trajectories, and the joined scores equal a single-pass
 # run's. See cad_core/budget.py for what the budget counts.
 
-def plan_passes(model, scope: str, scope_regex: str, memory_budget_mb: float) -> list[list[str]]:
-    """The chunks (lists of weight keys, model order) one attribution of `scope` is split into."""
+def plan_passes(model, scope: str, scope_regex: str, memory_budget_mb: float, activation_bytes: int = 0) -> list[list[str]]:
+    """The chunks (lists of weight keys, model order) one attribution of `scope` is split into, when one
+    differentiated step keeps `activation_bytes` for its backward pass."""
     available = patchable_weights(model)
     shapes = dict(available)
     keys = resolve_scope(available, scope, scope_regex, bounded_matcher)
-    return plan_chunks([(k, shapes[k]) for k in keys], (memory_budget_mb or 0) * MB)
+    return plan_chunks([(k, shapes[k]) for k in keys], (memory_budget_mb or 0) * MB, activation_bytes)
+
+
+def plan_under_budget(model, positive, base, latent, source, memory_budget_mb, *, scope, scope_regex, objective,
+                      guidance, seed, concept_latent=None, gradient_checkpointing="auto") -> dict:
+    """How an attribution fits memory_budget_mb: measures what one differentiated step keeps for backward (one
+    differentiated forward), then plans the chunks. With gradient_checkpointing `auto` both ways are planned and the
+    one with fewer passes is taken (on a tie: on for a CPU, where it costs little; off on a GPU, where it costs a
+    forward per step). Returns chunks, the checkpointing setting to run with, activation bytes and the reason."""
+    available = patchable_weights(model)
+    keys = resolve_scope(available, scope, scope_regex, bounded_matcher)
+    saved = measure_activations(model, positive, base, latent, source=source, keys=keys, guidance=guidance,
+                                seed=seed, concept_latent=concept_latent)
+    forwards = objective_named(objective).differentiated_forwards
+    setting = checkpointing_setting(gradient_checkpointing, [k for k, _ in available])
+    options = [False, True] if setting == "auto" else [setting]
+    plans, refusals = [], []
+    for checkpointed in options:
+        activation = saved.peak_bytes(checkpointed, forwards)
+        try:
+            plans.append((checkpointed, activation, plan_passes(model, scope, scope_regex, memory_budget_mb, activation)))
+        except CADError as e:
+            refusals.append((activation, e))
+    if not plans:
+        raise min(refusals, key=lambda r: r[0])[1]      # the message of the way that needs the least
+    on_cpu = torch.device(model.load_device).type == "cpu"
+    checkpointed, activation, chunks = min(plans, key=lambda p: (len(p[2]), p[0] != on_cpu))
+    reason = None
+    if setting == "auto":
+        others = [f"{'on' if c else 'off'} would need {len(p)}" for c, _, p in plans if c != checkpointed]
+        reason = (f"memory budget: {'on' if checkpointed else 'off'}, {len(chunks)} pass(es)"
+                  + "".join(f"; {o}" for o in others))
+    return {"chunks": chunks, "gradient_checkpointing": "on" if checkpointed else "off", "activation_bytes": activation,
+            "reason": reason}
 
 
 def attribute_with_budget(model, positive, base, latent, *, memory_budget_mb=0, on_progress=None, **kwargs):
-    """attribute_model, split into passes when the scope's per-pass state would exceed memory_budget_mb.
+    """attribute_model, within memory_budget_mb: what one differentiated step keeps for backward is measured first,
+    and the scope is split into passes when its per-weight state would not fit in what is left.
 
-    memory_budget_mb <= 0 (the default) means no limit: exactly one attribute_model call.
+    memory_budget_mb <= 0 (the default) means no limit: exactly one attribute_model call, nothing measured.
     """
     if memory_budget_mb is None or memory_budget_mb < 0:
         raise CADError(f"memory_budget_mb must be 0 (no limit) or a positive number of MB, got {memory_budget_mb!r}.")
@@ -195,26 +264,34 @@ def attribute_with_budget(model, positive, base, latent, *, memory_budget_mb=0, 
             f"'positive' and 'base' are the same conditioning, so {kwargs.get('objective')} compares the concept "
             f"with itself: it is 0 at every step and every score would be 0. Connect the concept's prompt (e.g. 'a "
             f"photo of a cat') to positive and what it is measured against (usually the empty prompt) to base.")
-    kwargs = {"scope": "ff", **kwargs}  # the node's default scope
-    scope, scope_regex = kwargs["scope"], kwargs.get("scope_regex", "") or ""
-    chunks = plan_passes(model, scope, scope_regex, memory_budget_mb)
-    if len(chunks) == 1:
+    kwargs = {"scope": "ff", "objective": "concept_gap", **kwargs}  # the node's defaults
+    if not memory_budget_mb:
         return attribute_model(model, positive, base, latent, on_progress=on_progress, **kwargs)
 
+    scope, scope_regex = kwargs["scope"], kwargs.get("scope_regex", "") or ""
     shapes = dict(patchable_weights(model))
-    passes, parts = len(chunks), []
-    with differentiable_source(model) as source:  # one reload under Dynamic VRAM for all passes
+    with differentiable_source(model) as source:  # one reload under Dynamic VRAM for the measurement and all passes
+        plan = plan_under_budget(model, positive, base, latent, source, memory_budget_mb, scope=scope,
+                                 scope_regex=scope_regex, objective=kwargs["objective"], guidance=kwargs["guidance"],
+                                 seed=kwargs["seed"], concept_latent=kwargs.get("concept_latent"),
+                                 gradient_checkpointing=kwargs.get("gradient_checkpointing", "auto"))
+        chunks, run_kwargs = plan["chunks"], {**kwargs, "gradient_checkpointing": plan["gradient_checkpointing"]}
+        passes, parts = len(chunks), []
         for i, chunk in enumerate(chunks):
             def progress(done, total, offset=i):
                 if on_progress is not None:
                     on_progress(offset * total + done, passes * total)
             parts.append(attribute_model(model, positive, base, latent, on_progress=progress, source=source,
-                                         keys=chunk, **kwargs))
+                                         keys=chunk if passes > 1 else None, **run_kwargs))
+    budget_meta = {"memory_budget_mb": memory_budget_mb, "activation_mb": round(plan["activation_bytes"] / MB, 3),
+                   "peak_scope_mb": round(max(scope_bytes([shapes[k] for k in c]) for c in chunks) / MB, 3),
+                   **({"checkpointing_reason": plan["reason"]} if plan["reason"] else {})}
+    if passes == 1:
+        parts[0].meta.update(budget_meta)
+        return parts[0]
     notice = scope_notice(patchable_weights(model), scope, [k for c in chunks for k in c])
     joined = join_chunks(parts, {
         **({"scope_notice": notice} if notice else {}),
-        "scope": scope, "scope_regex": scope_regex, "memory_budget_mb": memory_budget_mb,
-        "chunk_sizes": [len(c) for c in chunks],
-        "peak_scope_mb": round(max(scope_bytes([shapes[k] for k in c]) for c in chunks) / MB, 3)})
+        "scope": scope, "scope_regex": scope_regex, "chunk_sizes": [len(c) for c in chunks], **budget_meta})
     check_not_all_zero(joined)
     return joined

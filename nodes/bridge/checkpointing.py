@@ -20,7 +20,6 @@ import torch
 import torch.utils.checkpoint
 
 import comfy.model_management
-import comfy.ops
 
 from ...cad_core import CADError
 from ...cad_core.families import detect_family, supported_families
@@ -115,59 +114,24 @@ def checkpointing_setting(setting: str, weight_names) -> "bool | str":
     return True if setting == "on" else "auto"
 
 
-# What autograd keeps for one differentiated forward, beyond the weight copies below, as a multiple of the bytes the
-# model's layers output in a no-grad forward of the same latent (it also keeps attention weights and the inputs of
-# every op inside a layer). Measured on the full-size SD1.5 UNet at 512 px on CPU: 9,129 MiB saved per differentiated
-# forward, about 3,279 MiB of it weight copies, against 1,660 MiB of layer outputs: 3.5x. Rounded up to 6 so that the
-# estimate errs towards checkpointing (other architectures may keep more).
-ACTIVATIONS_PER_OUTPUT_BYTE = 6
-# auto checkpoints when the estimate exceeds this share of the memory free on the device after loading
+# auto checkpoints when what a differentiated step would keep for backward without it exceeds this share of the
+# memory ComfyUI reports free on the device after loading
 CROWDING_SHARE = 0.25
 
 
-def layer_output_bytes(diffusion_model, forward) -> int:
-    """Bytes the leaf modules of `diffusion_model` output while `forward()` runs (called without gradients)."""
-    total = 0
-
-    def count(module, args, output):
-        nonlocal total
-        for t in (output if isinstance(output, (tuple, list)) else (output,)):
-            if torch.is_tensor(t):
-                total += t.numel() * t.element_size()
-
-    hooks = [m.register_forward_hook(count) for m in diffusion_model.modules() if next(m.children(), None) is None]
-    try:
-        with torch.no_grad():
-            forward()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
-
-
-def cast_weight_bytes(diffusion_model, compute_dtype) -> int:
-    """The weight copies a differentiated forward hands autograd: with CAD's wrappers every comfy op casts a private
-    copy of its weight (and bias) in the compute dtype, and the layer saves it for the backward pass (on the full-size
-    SD1.5 UNet at 64 px, 6,237 MiB were saved over two differentiated forwards: about two copies of its weights)."""
-    size = torch.empty((), dtype=compute_dtype).element_size()
-    return size * sum(p.numel() for m in diffusion_model.modules() if isinstance(m, comfy.ops.CastWeightBiasOp)
-                      for p in (m.weight, m.bias) if p is not None)
-
-
-def auto_decision(diffusion_model, forward, device, compute_dtype) -> dict:
+def auto_decision(device, measure) -> dict:
     """What `auto` does on this device, with its reason (for the attribution's metadata).
 
     On a CPU it always checkpoints: measured there, the recomputation cost at most 6% and often saved time, for a third
-    of the memory. On a GPU, where it costs about one more forward per step, it checkpoints when the estimate of what
-    autograd would keep (one no-grad forward measures the layers' outputs; plus the weight copies) exceeds
-    CROWDING_SHARE of the memory ComfyUI reports free."""
+    of the memory. On a GPU, where it costs about one more forward per step, it checkpoints when what one
+    differentiated step would keep for backward without it (`measure()`: activation_memory.SavedForBackward, one
+    differentiated forward that keeps nothing) exceeds CROWDING_SHARE of the memory ComfyUI reports free."""
     if torch.device(device).type == "cpu":
         return {"gradient_checkpointing": True, "checkpointing_reason": "auto: on, as always on a CPU"}
-    estimate = (ACTIVATIONS_PER_OUTPUT_BYTE * layer_output_bytes(diffusion_model, forward)
-                + cast_weight_bytes(diffusion_model, compute_dtype))
+    kept = measure().peak_bytes(checkpointed=False)
     free = int(comfy.model_management.get_free_memory(device))
-    crowded = estimate > CROWDING_SHARE * free
-    return {"gradient_checkpointing": crowded, "activation_estimate_mb": round(estimate / 2**20),
+    crowded = kept > CROWDING_SHARE * free
+    return {"gradient_checkpointing": crowded, "kept_without_checkpointing_mb": round(kept / 2**20),
             "free_memory_mb": round(free / 2**20),
-            "checkpointing_reason": f"auto: {'on' if crowded else 'off'}, autograd would keep ~{estimate / 2**20:,.0f} "
-                                    f"MiB with {free / 2**20:,.0f} MiB free"}
+            "checkpointing_reason": f"auto: {'on' if crowded else 'off'}, a step would keep ~{kept / 2**20:,.0f} MiB "
+                                    f"for backward without it (measured), {free / 2**20:,.0f} MiB free"}

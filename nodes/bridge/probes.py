@@ -56,6 +56,16 @@ class GradProbe(_CADWeightFunction):
         return 0
 
 
+class GraphProbe(GradProbe):
+    """A GradProbe that only puts W in the graph: no gradient capture, no copy of W. For the forward that measures
+    what a differentiated step keeps for backward (activation_memory), which never runs a backward pass."""
+
+    def __call__(self, w):
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return w
+        return w + self.anchor.to(dtype=w.dtype, device=w.device)
+
+
 class CopyForBackward(_CADWeightFunction):
     """Identity wrapper whose only job is to hand the layer a private tensor it may save for backward.
 
@@ -93,12 +103,12 @@ class ProbeCapture(GradientCapture):
         return {k: (p.value if p.value is not None else torch.zeros(self.shapes[k])) for k, p in self.probes.items()}
 
 
-def install_probes(grad_model, keys):
+def install_probes(grad_model, keys, probe_type=GradProbe):
     probes, scoped, copier = {}, set(keys), CopyForBackward()
     for key, _ in patchable_weights(grad_model):
         if key in scoped:
             module, attr = _module_and_attr(grad_model, key)
-            probes[key] = GradProbe(key, grad_model.load_device, lambda m=module, a=attr: getattr(m, a, None))
+            probes[key] = probe_type(key, grad_model.load_device, lambda m=module, a=attr: getattr(m, a, None))
             grad_model.add_weight_wrapper(key, probes[key])
         else:
             grad_model.add_weight_wrapper(key, copier)
