@@ -54,6 +54,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/attribution_cost.py
 	$(PY) benchmarks/checkpointing_cost.py
+	$(PY) benchmarks/memory_budget.py
 	$(PY) benchmarks/apply_cost.py
 	$(PY) benchmarks/steps_study.py
 	$(PY) benchmarks/fingerprint_cost.py

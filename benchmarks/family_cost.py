@@ -362,7 +362,9 @@ def markdown(rows, info, tiny: bool, seconds: float) -> str:
         + ".", "",
         f"Budget assumption: a {CARD_GIB} GiB card holds the whole model at the loaded dtype, plus "
         f"{RESERVE_GIB['image']} GiB (images) or {RESERVE_GIB['video']} GiB (video) for activations, latents and the "
-        "CUDA context; CAD's state may take the rest (`memory_budget_mb` = that). \"does not fit\" = the weights and "
+        "CUDA context; CAD's per-weight state may take the rest. Set on such a card, `memory_budget_mb` would be "
+        "that rest plus the activations, which CAD measures itself at run time (here assumed to fit the reserve). "
+        "\"does not fit\" = the weights and "
         "reserve alone exceed the card: ComfyUI would have to load the model partially (low-VRAM), which this "
         "table does not price. Weights loaded: 2 bytes per parameter (fp16 or bf16, the dtype the released "
         "checkpoints are commonly loaded in; the label says which); fp8: 1 byte per matrix entry (>= 2-D "
