@@ -10,7 +10,7 @@ COMFYUI_033 := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI-0.33.0)
 PY_033 := .venv-comfyui-0.33/bin/python
 
 .PHONY: setup setup-0.33 setup-browser test test-browser test-0.33 test-browser-0.33 test-matrix demo bench \
-	bench-gpu gpu-compat efficacy selective-erase examples bench-bank
+	bench-gpu bench-gpu-flux gpu-compat efficacy selective-erase examples bench-bank
 
 setup:
 	bash scripts/setup_env.sh
@@ -63,6 +63,10 @@ bench: setup
 # The same at 512/1024 px, fp16, T=50 on a CUDA GPU (~10 min on an H100): benchmarks/results/gpu_check_*.md
 bench-gpu: setup
 	bash benchmarks/gpu_check.sh
+
+# Flux.1-dev at full size, fp8 weights, 1024x1024, T=20, under a real 24 GiB cap (~5 min on an H100/H200)
+bench-gpu-flux: setup
+	bash benchmarks/gpu_check.sh --families flux
 
 # The toy world's efficacy table (erase/amplify with controls, faithfulness): benchmarks/results/efficacy.md
 efficacy: setup
