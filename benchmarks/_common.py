@@ -136,6 +136,20 @@ class PeakRSS:
         return False
 
 
+def sd15_child(args):
+    """The start of a benchmark child process on the full-size SD1.5 UNet (fp32, CPU; reduced with args.tiny):
+    returns torch, the ModelPatcher, the latent side (args.latent[0]), positive and base conditioning for it, and
+    the process RSS with the model loaded."""
+    setup(cpu=True)
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mp = build_unet("sd15", torch.float32, tiny=args.tiny)
+    latent = args.latent[0]
+    pos, base = conditioning("sd15", 1, latent * 8), conditioning("sd15", 2, latent * 8)
+    return torch, mp, latent, pos, base, rss()
+
+
 def step_backward_bytes(mp, pos, neg, latent_px: int, checkpointed: bool, scope: str = "ff") -> int:
     """What memory_budget_mb reserves for one differentiated step of an attribution of `scope` at this latent size
     (CAD's own measurement: activation_memory.SavedForBackward.peak_bytes)."""

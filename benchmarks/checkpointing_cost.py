@@ -22,15 +22,8 @@ SETTINGS = ("off", "on", "auto")
 
 def child(args):
     """One attribution in this process; prints a JSON line with its measurements."""
-    C.setup(cpu=True)
-    import torch
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch, mp, latent, pos, base, model_rss = C.sd15_child(args)
     from cad_pack.nodes.bridge import attribute_with_budget
-    mp = C.build_unet("sd15", torch.float32, tiny=args.tiny)
-    latent = args.latent[0]
-    pos, base = C.conditioning("sd15", 1, latent * 8), C.conditioning("sd15", 2, latent * 8)
-    model_rss = C.rss()
     saved = {"bytes": 0}
 
     def pack(t):

@@ -24,17 +24,10 @@ SETTINGS = ("off", "on")
 
 def child(args):
     """One budgeted attribution in this process; prints a JSON line with its measurements."""
-    C.setup(cpu=True)
-    import torch
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch, mp, latent, pos, base, model_rss = C.sd15_child(args)
     from cad_pack.cad_core import resolve_scope
     from cad_pack.cad_core.budget import MB, scope_bytes
     from cad_pack.nodes.bridge import attribute_with_budget, patchable_weights
-    mp = C.build_unet("sd15", torch.float32, tiny=args.tiny)
-    latent = args.latent[0]
-    pos, base = C.conditioning("sd15", 1, latent * 8), C.conditioning("sd15", 2, latent * 8)
-    model_rss = C.rss()
     shapes = dict(patchable_weights(mp))
     keys = resolve_scope(list(shapes.items()), "ff")
     state = scope_bytes([shapes[k] for k in keys])

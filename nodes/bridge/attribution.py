@@ -225,6 +225,8 @@ def plan_under_budget(model, positive, base, latent, source, memory_budget_mb, *
     forward per step). Returns chunks, the checkpointing setting to run with, activation bytes and the reason."""
     available = patchable_weights(model)
     keys = resolve_scope(available, scope, scope_regex, bounded_matcher)
+    shapes = dict(available)
+    named = [(k, shapes[k]) for k in keys]
     saved = measure_activations(model, positive, base, latent, source=source, keys=keys, guidance=guidance,
                                 seed=seed, concept_latent=concept_latent)
     forwards = objective_named(objective).differentiated_forwards
@@ -234,7 +236,7 @@ def plan_under_budget(model, positive, base, latent, source, memory_budget_mb, *
     for checkpointed in options:
         activation = saved.peak_bytes(checkpointed, forwards)
         try:
-            plans.append((checkpointed, activation, plan_passes(model, scope, scope_regex, memory_budget_mb, activation)))
+            plans.append((checkpointed, activation, plan_chunks(named, memory_budget_mb * MB, activation)))
         except CADError as e:
             refusals.append((activation, e))
     if not plans:
