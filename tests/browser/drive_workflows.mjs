@@ -121,10 +121,16 @@ async function loadFromTemplates(page, workflow, shotDir) {
 }
 
 // Every workflow must run in full, not from results cached by the one before (cad_4a shares its attribution
-// with cad_1): /free with free_memory resets the server's execution cache.
+// with cad_1): /free with free_memory resets the server's execution cache. The server's worker only sees the
+// request when the request's wake-up finds it waiting for work; one that arrives while the worker is busy
+// elsewhere (its periodic gc.collect, 10 s after a run) stays pending until after the *next* prompt, which then
+// runs from the cache (seen once on CI: cad_5a served 8 nodes from cad_4's run). The second /free, sent once
+// the worker is back in its wait, wakes it for certain; a reset that was already done is simply done again.
 async function forgetCachedResults(page) {
-  await fetch(plan.url + "/api/free", { method: "POST", body: JSON.stringify({ unload_models: true, free_memory: true }) });
-  await page.waitForTimeout(1000);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    await fetch(plan.url + "/api/free", { method: "POST", body: JSON.stringify({ unload_models: true, free_memory: true }) });
+    await page.waitForTimeout(1500);
+  }
 }
 
 async function queueFromRunButton(page) {
