@@ -48,7 +48,12 @@ def parse_args():
     ap.add_argument("--quick", action="store_true", help="one target, one image per prompt (a smoke run)")
     ap.add_argument("--per-colour", type=int, default=None, help="images per prompt (default 4: 16 per shape)")
     ap.add_argument("--targets", nargs="+", default=None, choices=list(SHAPES), help="shapes to erase")
-    ap.add_argument("--kv-ratios", type=float, nargs="+", default=[0.05, 0.1], help="per_matrix ratios on K/V")
+    ap.add_argument("--kv-ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2],
+                    help="per_matrix ratios of the K/V sweep in the shapes section")
+    ap.add_argument("--kv-ratio", type=float, default=0.1,
+                    help="the K/V per_matrix ratio of every other row (protect variants, seeds, colour, pair)")
+    ap.add_argument("--amplify-ratio", type=float, default=0.01,
+                    help="per_row ratio of the amplify section's concept_gap rows")
     ap.add_argument("--ff-ratio", type=float, default=0.05, help="per_row ratio of the one-shot ff erase")
     ap.add_argument("--sections", nargs="+", default=["shapes", "seeds", "colour", "pair", "weak"],
                     choices=["shapes", "seeds", "colour", "pair", "weak"])
@@ -68,7 +73,7 @@ def parse_args():
     a.per_colour = a.per_colour or (1 if a.quick else 4)
     a.targets = a.targets or (["square"] if a.quick else list(SHAPES))
     if a.quick:
-        a.kv_ratios = a.kv_ratios[-1:]
+        a.kv_ratios = [a.kv_ratio]
     attribution_seeds = {seed + i for seed in (a.attribution_seed, *a.seed_study) for i in range(4)}
     if attribution_seeds & {a.eval_seed + 1000 * c for c in range(len(COLOUR_NAMES))}:
         ap.error("--eval-seed overlaps the attribution seeds; evaluation must use seeds no attribution saw")
@@ -175,7 +180,7 @@ def shapes_section(run):
             for kind in ("random", "magnitude"):
                 shape_row(run, "shapes", f"control: {kind}, same count per matrix", [target],
                           matched_control(run.world.model, chosen, kind))
-        ratio = kv_ratios[-1]
+        ratio = a.kv_ratio
         summed = select_protected(kv, "erase", ratio, "per_matrix", [sum_attributions(kept)])
         shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes summed into one (subtract)",
                   [target], summed)
@@ -187,13 +192,27 @@ def shapes_section(run):
         shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes (subtract), attributions "
                   f"with contrast '{other_contrast}'", [target],
                   select_protected(kv_other, "erase", ratio, "per_matrix", kept_other))
+        if not a.quick:  # sixteen more attributions: a smoke run does without
+            seeds_summed_row(run, target, others, max(kv_ratios))
         run.write()
+
+
+def seeds_summed_row(run, target, others, ratio):
+    """The protected K/V erase from attributions summed over the seed study's noise seeds (16 trajectories per
+    concept instead of 4): does a less noisy attribution select better?"""
+    seeds = run.a.seed_study
+    summed = {c: sum_attributions([run.attribution(c, "kv", seed=seed) for seed in seeds]) for c in [target, *others]}
+    chosen = select_protected(summed[target], "erase", ratio, "per_matrix", [summed[o] for o in others])
+    shape_row(run, "shapes", f"K/V, per_matrix {ratio}: protect the other shapes (subtract), attributions summed "
+              f"over seeds {', '.join(str(s) for s in seeds)}", [target], chosen)
+    shape_row(run, "shapes", "control: random, same count per matrix", [target],
+              matched_control(run.world.model, chosen, "random"))
 
 
 def seeds_section(run):
     """The K/V erase with and without 'subtract' protection, and its random control, from attributions made with
     other noise seeds: how much of a single row is the seed's luck."""
-    ratio = run.a.kv_ratios[-1]
+    ratio = run.a.kv_ratio
     for target in run.a.targets:
         others = [s for s in SHAPES if s != target]
         for seed in run.a.seed_study:
@@ -227,7 +246,7 @@ def seeds_summary(rows) -> str:
 
 
 def colour_section(run, colour="red"):
-    ratio = run.a.kv_ratios[-1]
+    ratio = run.a.kv_ratio
     attribution = run.attribution(colour, "kv")
     kept = [run.attribution(c, "kv") for c in COLOUR_NAMES if c != colour]
     plain = select_components(attribution, "erase", ratio, "per_matrix")
@@ -242,7 +261,7 @@ def colour_section(run, colour="red"):
 
 
 def pair_section(run, pair=("square", "triangle")):
-    ratio = run.a.kv_ratios[-1]
+    ratio = run.a.kv_ratio
     others = [s for s in SHAPES if s not in pair]
     kept = [run.attribution(o, "kv") for o in others]
     targets = [run.attribution(t, "kv") for t in pair]
@@ -261,15 +280,20 @@ def pair_section(run, pair=("square", "triangle")):
 
 
 def weak_section(run, ratios=(0.01, 0.05)):
-    """CAD Amplify (concept_likelihood of rendered pictures of the shape, guidance 1) sampled at CFG 1, where the
-    model draws some shapes weakly; others kept = relative to their own CFG-1 accuracy."""
+    """CAD Amplify sampled at CFG 1, where the model draws some shapes weakly; others kept = relative to their own
+    CFG-1 accuracy. Two objectives: concept_likelihood of rendered pictures of the shape (guidance 1; the paper's
+    amplify), and concept_gap, the erase rows' attribution: ablating what narrows the gap between the shape's
+    prediction and the empty prompt's widens it, which is what guidance would otherwise do."""
     run.before_cfg1 = run.grid(run.world.model, cfg=1.0)
     for target in run.a.targets:
         likelihood = run.attribution(target, "ff", objective="concept_likelihood", samples=4, guidance=1.0)
-        for ratio in ratios:
-            amplify = select_components(likelihood, "amplify", ratio, "per_row")
-            shape_row(run, "weak", f"ff, per_row {ratio}: CAD amplify (concept_likelihood)", [target], amplify,
-                      before=run.before_cfg1, cfg=1.0)
+        variants = [(f"ff, per_row {ratio}: CAD amplify (concept_likelihood)",
+                     select_components(likelihood, "amplify", ratio, "per_row")) for ratio in ratios]
+        gap = run.attribution(target, "ff")
+        variants.append((f"ff, per_row {run.a.amplify_ratio}: CAD amplify (concept_gap)",
+                         select_components(gap, "amplify", run.a.amplify_ratio, "per_row")))
+        for label, amplify in variants:
+            shape_row(run, "weak", label, [target], amplify, before=run.before_cfg1, cfg=1.0)
             shape_row(run, "weak", "control: random, same count per matrix", [target],
                       matched_control(run.world.model, amplify, "random"), before=run.before_cfg1, cfg=1.0)
         run.write()
@@ -372,7 +396,7 @@ def render(data, out, quiet=True):
         f"({', '.join(str(a.eval_seed + 1000 * c) for c in range(len(COLOUR_NAMES)))}), which no attribution saw.",
         f"- Attributions: concept_gap, 20 steps, guidance 3. Contrast '{a.contrast}': {CONTRASTS[a.contrast]}. Rows "
         f"that name contrast '{other}' use {CONTRASTS[other]}. The amplify section: concept_likelihood of 4 rendered "
-        f"pictures per prompt, guidance 1.",
+        f"pictures per prompt, guidance 1, and the erase rows' concept_gap (contrast '{a.contrast}').",
         f"- Scopes: {', '.join(f'{k} = {v}' for k, v in SCOPE_LABELS.items())}. 'protect (subtract)' is CAD Erase "
         "Mask's protect_mode subtract with protect_weight 1, one protect input per kept concept; 'drop' vetoes any "
         "component positive for a kept concept.",
@@ -392,7 +416,7 @@ def render(data, out, quiet=True):
     if rows.get("seeds"):
         lines += ["## The same erase from attributions with other noise seeds", "",
                   f"Attribution seeds {', '.join(str(x) for x in a.seed_study)} (each + 0..3), K/V, per_matrix "
-                  f"{a.kv_ratios[-1]}; the pictures are the same evaluation seeds as above.", "",
+                  f"{getattr(a, 'kv_ratio', a.kv_ratios[-1])}; the pictures are the same evaluation seeds as above.", "",
                   seeds_summary(rows["seeds"]), ""]
     if rows["colour"]:
         lines += ["## Erase a colour", "", _table(rows["colour"], "colour", "other colours", "shape"), ""]

@@ -77,7 +77,8 @@ class CADAmplifyMask(CADEraseMask):
         return _mask_schema(
             "CADAmplifyMask", "CAD Amplify Mask",
             "Selects the components that suppress the concept most (most negative scores). Ablating them "
-            "strengthens the concept. Use an attribution made with objective concept_likelihood.",
+            "strengthens the concept. Use an attribution made with objective concept_likelihood (the paper's "
+            "choice), or concept_gap to make a concept come through with less guidance (CFG).",
             "Fraction of weights to select (0.001 = 0.1%). Only negative scores qualify.")
 
 

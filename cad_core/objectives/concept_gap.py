@@ -1,6 +1,8 @@
 """concept_gap: J = sum_t || eps(x_t, c) - sg[eps(x_t, c_base)] ||^2 along the model's own guided trajectory
 for the concept. Ablating its positive components shrinks the gap, so guidance can no longer steer toward
-the concept: the objective for erasing.
+the concept: the objective for erasing. Its negative components widen the gap when ablated: on the toy world
+that raised a shape the model draws weakly without guidance where concept_likelihood did not
+(benchmarks/results/selective_erase.md, amplify section).
 
 Schedules: "single" visits one guided trajectory per sample once, its concept forward also serving J (T
 forward+backward passes plus T base forwards, O(T)); "reference" restarts a fresh trajectory for every t and
@@ -86,6 +88,7 @@ CONCEPT_GAP = Objective(
     measures="how far the concept moves the prediction away from base, along the model's own guided trajectory",
     purpose="erasing",
     formula="`J = Σ_t ‖ε(x_t, c) − sg[ε(x_t, c_base)]‖²` along the model's own guided trajectory for the concept",
-    effect="Ablating positive components shrinks the gap, so guidance can no longer steer toward the concept.",
+    effect="Ablating positive components shrinks the gap, so guidance can no longer steer toward the concept; "
+           "ablating negative ones (CAD Amplify Mask) widens it, so the concept comes through with less guidance.",
     visit=visit, measure=measure, units_of_work=units_of_work, holds_base=True, takes_images=False,
     contrasts_base=True)
