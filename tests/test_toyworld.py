@@ -110,3 +110,28 @@ def test_protect_subtract_on_cross_attention_erases_the_circle_and_keeps_the_oth
     assert others_kept >= 0.9, others_kept
     _, others_kept_unprotected = kept(one_shot)
     assert others_kept_unprotected <= 0.7, others_kept_unprotected
+
+
+def test_amplify_from_concept_gap_raises_a_weakly_drawn_shape_at_cfg_1():
+    """The amplify section of benchmarks/selective_erase.py through CAD Amplify Mask itself: without guidance
+    (CFG 1) the model draws the circle weakly; the circle's concept_gap attribution ('a circle' against '', ff,
+    attribution seed 0), amplified at per_row 0.01, must raise it by >= 0.15 on seeds no attribution used while
+    every other shape keeps >= 90% of its CFG-1 accuracy, and a random ablation of the same count per matrix must
+    move it by no more than one picture in 16. Measured on the committed model: circle 0.69 -> 0.94, the others
+    kept 1.00; the random control leaves it at 0.69."""
+    from cad_pack.nodes.mask_nodes import CADAmplifyMask
+    from toyworld.evaluate import ToyWorld, edited, matched_control
+    from toyworld.world import SHAPES
+    world = ToyWorld.load()
+    attribution = world.attribute("circle", contrast="empty")
+    mask = CADAmplifyMask.execute(attribution=attribution, ratio=0.01, granularity="per_row").args[0]
+    others = [s for s in SHAPES if s != "circle"]
+
+    def shapes(model):
+        return world.grid(model, per_colour=4, seed=10_000, cfg=1.0).by_shape()
+
+    before, after = shapes(world.model), shapes(edited(world.model, mask))
+    control = shapes(edited(world.model, matched_control(world.model, mask, "random")))
+    assert after["circle"]["shape"] - before["circle"]["shape"] >= 0.15, (before["circle"], after["circle"])
+    assert min(after[s]["shape"] / before[s]["shape"] for s in others) >= 0.9, (before, after)
+    assert abs(control["circle"]["shape"] - before["circle"]["shape"]) <= 1 / 16, (before["circle"], control["circle"])
