@@ -125,7 +125,7 @@ async function loadFromTemplates(page, workflow, shotDir) {
 // request when the request's wake-up finds it waiting for work; one that arrives while the worker is busy
 // elsewhere (its periodic gc.collect, 10 s after a run) stays pending until after the *next* prompt, which then
 // runs from the cache (seen once on CI: cad_5a served 8 nodes from cad_4's run). The second /free, sent once
-// the worker is back in its wait, wakes it for certain; a reset that was already done is simply done again.
+// the worker is back in its wait (unless that gc took over 1.5 s), wakes it; a reset already done is done again.
 async function forgetCachedResults(page) {
   for (let attempt = 0; attempt < 2; attempt++) {
     await fetch(plan.url + "/api/free", { method: "POST", body: JSON.stringify({ unload_models: true, free_memory: true }) });
