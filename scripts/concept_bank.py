@@ -26,6 +26,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -273,7 +274,7 @@ def _run_seconds(messages) -> float | None:
     stamps = {kind: data.get("timestamp") for kind, data in messages if isinstance(data, dict)}
     start = stamps.get("execution_start")
     end = stamps.get("execution_success") or stamps.get("execution_error") or stamps.get("execution_interrupted")
-    return round((end - start) / 1000, 3) if isinstance(start, (int, float)) and isinstance(end, (int, float)) else None
+    return math.floor(end - start) / 1000 if isinstance(start, (int, float)) and isinstance(end, (int, float)) else None
 
 
 def read_outcome(entry: dict, settings: Settings) -> Outcome | None:
@@ -572,6 +573,9 @@ class Bank:
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def _submit(self, server: Server, concept: Concept) -> None:
+        # before the request: the server may start the prompt before its answer reaches us, and wall_seconds
+        # must hold the server's whole run
+        submitted = time.time()
         try:
             state, detail = server.submit(build_graph(concept, self.slugs[concept.key], self.settings))
         except ServerLost as e:
@@ -579,12 +583,12 @@ class Bank:
             self._lose(server, e)
             return
         if state == "queued":
-            self.in_flight[server.url] = InFlight(concept, detail, time.time())
+            self.in_flight[server.url] = InFlight(concept, detail, submitted)
             # recorded before it finishes, so a re-run after a kill follows this prompt instead of repeating it
             self.index.record(concept.key, status="submitted", server=server.url, prompt_id=detail,
-                              submitted_at=round(time.time(), 3))
+                              submitted_at=round(submitted, 3))
         else:
-            self._finish(server, InFlight(concept, "", time.time()), Outcome(False, f"refused: {detail}"))
+            self._finish(server, InFlight(concept, "", submitted), Outcome(False, f"refused: {detail}"))
 
     def _check(self, server: Server) -> None:
         flight = self.in_flight[server.url]
@@ -616,7 +620,7 @@ class Bank:
     def _finish(self, server: Server, flight: InFlight, outcome: Outcome) -> None:
         # seconds: the server's own run time of the prompt where its messages carry one; wall_seconds: from
         # submission until the command saw it finish (queue waits and polling included)
-        wall_seconds = round(time.time() - flight.started, 2)
+        wall_seconds = math.ceil((time.time() - flight.started) * 1000) / 1000  # rounded up: never below seconds
         base = {"server": server.url, "prompt_id": flight.prompt_id, "wall_seconds": wall_seconds,
                 "seconds": outcome.run_seconds if outcome.run_seconds is not None else wall_seconds}
         if outcome.ok:
