@@ -208,13 +208,18 @@ def measure_activations(model, positive, base, latent, *, source, keys, guidance
 # Every pass uses the same seed, so it samples the same trajectories, and the joined scores equal a single-pass
 # run's. See cad_core/budget.py for what the budget counts.
 
+def _scoped_shapes(model, scope: str, scope_regex: str) -> tuple[list, list]:
+    """The model's patchable weights and, in model order, the (key, shape) pairs `scope` selects from them."""
+    available = patchable_weights(model)
+    shapes = dict(available)
+    return available, [(k, shapes[k]) for k in resolve_scope(available, scope, scope_regex, bounded_matcher)]
+
+
 def plan_passes(model, scope: str, scope_regex: str, memory_budget_mb: float, activation_bytes: int = 0) -> list[list[str]]:
     """The chunks (lists of weight keys, model order) one attribution of `scope` is split into, when one
     differentiated step keeps `activation_bytes` for its backward pass."""
-    available = patchable_weights(model)
-    shapes = dict(available)
-    keys = resolve_scope(available, scope, scope_regex, bounded_matcher)
-    return plan_chunks([(k, shapes[k]) for k in keys], (memory_budget_mb or 0) * MB, activation_bytes)
+    _, named = _scoped_shapes(model, scope, scope_regex)
+    return plan_chunks(named, (memory_budget_mb or 0) * MB, activation_bytes)
 
 
 def plan_under_budget(model, positive, base, latent, source, memory_budget_mb, *, scope, scope_regex, objective,
@@ -223,10 +228,8 @@ def plan_under_budget(model, positive, base, latent, source, memory_budget_mb, *
     differentiated forward), then plans the chunks. With gradient_checkpointing `auto` both ways are planned and the
     one with fewer passes is taken (on a tie: on for a CPU, where it costs little; off on a GPU, where it costs a
     forward per step). Returns chunks, the checkpointing setting to run with, activation bytes and the reason."""
-    available = patchable_weights(model)
-    keys = resolve_scope(available, scope, scope_regex, bounded_matcher)
-    shapes = dict(available)
-    named = [(k, shapes[k]) for k in keys]
+    available, named = _scoped_shapes(model, scope, scope_regex)
+    keys = [k for k, _ in named]
     saved = measure_activations(model, positive, base, latent, source=source, keys=keys, guidance=guidance,
                                 seed=seed, concept_latent=concept_latent)
     forwards = objective_named(objective).differentiated_forwards
