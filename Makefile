@@ -10,7 +10,7 @@ COMFYUI_033 := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI-0.33.0)
 PY_033 := .venv-comfyui-0.33/bin/python
 
 .PHONY: setup setup-0.33 setup-browser test test-browser test-0.33 test-browser-0.33 test-matrix demo bench \
-	bench-gpu bench-gpu-flux gpu-compat efficacy selective-erase examples bench-bank
+	bench-gpu bench-gpu-flux gpu-compat efficacy selective-erase erase-vs-peers examples bench-bank
 
 setup:
 	bash scripts/setup_env.sh
@@ -76,6 +76,11 @@ efficacy: setup
 # at CFG 1, with controls and the distance of the spared pictures: benchmarks/results/selective_erase.md
 selective-erase: setup
 	$(PY) benchmarks/selective_erase.py
+
+# Erase one shape: CAD beside UCE and ESD-x (benchmarks/peers.py), six settings per method tuned on a validation
+# split, reported on a test split (~35 min on 2 cores): benchmarks/results/erase_vs_peers.md
+erase-vs-peers: setup
+	$(PY) benchmarks/erase_vs_peers.py --threads 2
 
 # On a CUDA GPU: CAD Attribute's alpha = plain autograd, exact masks, untouched originals, on both ComfyUI legs
 # under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md

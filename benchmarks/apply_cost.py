@@ -51,7 +51,8 @@ def main():
     import comfy.sample
     from cad_pack.cad_core import select_components
     from cad_pack.cad_core.export import save_lora
-    from cad_pack.nodes.bridge import apply_mask, attribute_with_budget
+    from cad_pack.nodes.bridge import apply_mask, attribute_model
+    from cad_pack.cad_core import AttributionRequest
     from cad_pack.nodes.bridge.export import lora_from_mask
 
     started = time.time()
@@ -59,8 +60,8 @@ def main():
     pos, neg = C.conditioning("sd15", 1, px), C.conditioning("sd15", 2, px)
     mp = C.build_unet("sd15", torch.float32, tiny=args.tiny)
     with torch.inference_mode():
-        attribution = attribute_with_budget(mp, pos, neg, C.empty_latent(args.latent), objective="concept_gap",
-                                            steps=2, guidance=3.0, seed=0, samples=1, scope="ff")
+        attribution = attribute_model(mp, pos, neg, C.empty_latent(args.latent),
+                                      AttributionRequest(steps=2))
     mask, select_s = C.timed(select_components, attribution, "erase", args.ratio, "per_row")
     patched, apply_s = C.timed(apply_mask, mp, mask, 1.0)
 

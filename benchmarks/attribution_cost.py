@@ -112,13 +112,14 @@ class CostModel:
                 f"(fastest units: visit {self.fastest['visit']:.2f} s, guided step {self.fastest['guided']:.2f} s)")
 
 
-def attribute(mp, pos, neg, latent_px, steps, schedule, clock=None, **kw):
+def attribute(mp, pos, neg, latent_px, steps, schedule, clock=None, memory_budget_mb=0):
     import torch
-    from cad_pack.nodes.bridge import attribute_with_budget
+    from cad_pack.cad_core import AttributionRequest
+    from cad_pack.nodes.bridge import attribute_model
+    request = AttributionRequest(steps=steps, schedule=schedule, memory_budget_mb=memory_budget_mb)
     with torch.inference_mode(), C.PeakRSS() as mem:
-        attribution, seconds = C.timed(
-            attribute_with_budget, mp, pos, neg, C.empty_latent(latent_px), objective="concept_gap", steps=steps,
-            guidance=3.0, seed=0, samples=1, scope="ff", schedule=schedule, on_progress=clock, **kw)
+        attribution, seconds = C.timed(attribute_model, mp, pos, neg, C.empty_latent(latent_px), request,
+                                       on_progress=clock)
     return attribution, seconds, mem
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/checkpointing_cost.py [--latent 8 64] [--steps 2]
 
 Each setting runs in a fresh child process (so one run's freed memory does not hide the next one's peak) through
-the node path (bridge.attribute_with_budget, ff scope, concept_gap): peak RSS above the loaded model, wall time,
+the node path (bridge.attribute_model, ff scope, concept_gap): peak RSS above the loaded model, wall time,
 the bytes autograd saved for backward outside checkpointed blocks, and whether alpha equals the run without
 checkpointing; for `auto`, what it decided on this machine and from which estimate. Writes benchmarks/results/<name>.md.
 """
@@ -23,7 +23,8 @@ SETTINGS = ("off", "on", "auto")
 def child(args):
     """One attribution in this process; prints a JSON line with its measurements."""
     torch, mp, latent, pos, base, model_rss = C.sd15_child(args)
-    from cad_pack.nodes.bridge import attribute_with_budget
+    from cad_pack.nodes.bridge import attribute_model
+    from cad_pack.cad_core import AttributionRequest
     saved = {"bytes": 0}
 
     def pack(t):
@@ -32,9 +33,8 @@ def child(args):
 
     with torch.inference_mode(), C.PeakRSS() as mem, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         start = time.perf_counter()
-        result = attribute_with_budget(mp, pos, base, C.empty_latent(latent), objective="concept_gap",
-                                       steps=args.steps, guidance=3.0, seed=0, samples=1, scope="ff",
-                                       gradient_checkpointing=args.setting)
+        request = AttributionRequest(steps=args.steps, gradient_checkpointing=args.setting)
+        result = attribute_model(mp, pos, base, C.empty_latent(latent), request)
         seconds = time.perf_counter() - start
     torch.save(result.scores, args.scores)
     print(json.dumps({"setting": args.setting, "seconds": seconds, "peak_above_model": mem.peak - model_rss,

@@ -72,7 +72,8 @@ def main():
     import comfy.model_management as mm
     from attribution_cost import CostModel, StepClock, stub_counts
     from cad_pack.cad_core import resolve_scope, select_components
-    from cad_pack.nodes.bridge import attribute_with_budget
+    from cad_pack.nodes.bridge import attribute_model
+    from cad_pack.cad_core import AttributionRequest
     from cad_pack.nodes.bridge import apply_mask, patchable_weights
 
     cuda = torch.cuda.is_available() and not dry
@@ -117,7 +118,7 @@ def main():
 
         runs = {}
 
-        def run(t, schedule, label=None, cap_gib=0.0, **kw):
+        def run(t, schedule, label=None, cap_gib=0.0, gradient_checkpointing="auto"):
             base = vram_peak_reset()
             clock = StepClock()
 
@@ -129,9 +130,9 @@ def main():
                 with emulated_card(cap_gib if cuda else 0.0), torch.inference_mode():
                     sync()
                     t0 = time.perf_counter()
-                    a = attribute_with_budget(mp, pos, neg, C.empty_latent(latent_px), objective="concept_gap",
-                                              steps=t, guidance=3.0, seed=0, samples=1, scope="ff", schedule=schedule,
-                                              on_progress=progress, **kw)
+                    request = AttributionRequest(steps=t, schedule=schedule,
+                                                 gradient_checkpointing=gradient_checkpointing)
+                    a = attribute_model(mp, pos, neg, C.empty_latent(latent_px), request, on_progress=progress)
                     sync()
                     seconds = time.perf_counter() - t0
             except torch.cuda.OutOfMemoryError as e:
@@ -331,7 +332,8 @@ def flux_check(dry, cuda, log, sync) -> dict:
     from attribution_cost import StepClock
     from cad_pack.cad_core import resolve_scope
     from cad_pack.cad_core.budget import MB, scope_bytes
-    from cad_pack.nodes.bridge import attribute_with_budget, patchable_weights
+    from cad_pack.nodes.bridge import attribute_model, patchable_weights
+    from cad_pack.cad_core import AttributionRequest
     px, steps = (64, 2) if dry else (FLUX["px"], FLUX["steps"])
     cap_gib = FLUX["cap_gib"]
     device = mm.get_torch_device()
@@ -375,9 +377,8 @@ def flux_check(dry, cuda, log, sync) -> dict:
         with emulated_card(cap_gib if cuda else 0.0), torch.inference_mode():
             sync()
             t0 = time.perf_counter()
-            a = attribute_with_budget(mp, pos, neg, latent, objective="concept_gap", steps=steps, guidance=3.5,
-                                      seed=0, samples=1, scope="ff", memory_budget_mb=budget_mb,
-                                      on_progress=progress)
+            request = AttributionRequest(steps=steps, guidance=3.5, memory_budget_mb=budget_mb)
+            a = attribute_model(mp, pos, neg, latent, request, on_progress=progress)
             sync()
             out.update(seconds=time.perf_counter() - t0, oom=False, passes=a.meta.get("passes", 1),
                        activation_mb=a.meta["activation_mb"], peak_scope_mb=a.meta["peak_scope_mb"],

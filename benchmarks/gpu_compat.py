@@ -201,7 +201,7 @@ def check_family(family, mode):
     import torch
     import comfy.model_management as mm
     import comfy.sample
-    from cad_pack.cad_core import select_components
+    from cad_pack.cad_core import AttributionRequest, select_components
     from cad_pack.nodes import bridge
     from family_models import EXPECTED, conditioning, empty_latent, plain_autograd_alpha
 
@@ -243,8 +243,8 @@ def check_family(family, mode):
     attribution_module.differentiable_source = recording_source
     try:
         with torch.inference_mode():
-            attribution = bridge.attribute_model(mp, pos, neg, latent, objective="concept_gap", steps=STEPS,
-                                                 guidance=GUIDANCE, seed=SEED, samples=1, scope="ff+attention")
+            request = AttributionRequest(steps=STEPS, guidance=GUIDANCE, seed=SEED, scope="ff+attention")
+            attribution = bridge.attribute_model(mp, pos, neg, latent, request)
     finally:
         attribution_module.differentiable_source = original_source
     keys = list(attribution.scores)

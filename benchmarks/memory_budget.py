@@ -4,7 +4,7 @@
 
 Each row runs in a fresh child process: it measures what one differentiated step keeps for backward (the same
 measurement CAD Attribute makes), sets memory_budget_mb to that plus `--fraction` of the scope's per-weight state
-(so the scope is split into passes), then runs the attribution through the node path (bridge.attribute_with_budget)
+(so the scope is split into passes), then runs the attribution through the node path (bridge.attribute_model)
 and records the peak RSS above the loaded model. The budget holds when that peak is at most the budget. Peak RSS
 also holds ComfyUI's own no-grad forwards and whatever glibc keeps of freed memory, so it can only overstate what
 CAD allocates. Writes benchmarks/results/<name>.md.
@@ -27,7 +27,8 @@ def child(args):
     torch, mp, latent, pos, base, model_rss = C.sd15_child(args)
     from cad_pack.cad_core import resolve_scope
     from cad_pack.cad_core.budget import MB, scope_bytes
-    from cad_pack.nodes.bridge import attribute_with_budget, patchable_weights
+    from cad_pack.nodes.bridge import attribute_model, patchable_weights
+    from cad_pack.cad_core import AttributionRequest
     shapes = dict(patchable_weights(mp))
     keys = resolve_scope(list(shapes.items()), "ff")
     state = scope_bytes([shapes[k] for k in keys])
@@ -37,9 +38,8 @@ def child(args):
     with torch.inference_mode(), C.PeakRSS() as mem, profile(activities=[ProfilerActivity.CPU],
                                                              profile_memory=True) as prof:
         start = time.perf_counter()
-        result = attribute_with_budget(mp, pos, base, C.empty_latent(latent), objective="concept_gap",
-                                       steps=args.steps, guidance=3.0, seed=0, samples=1, scope="ff",
-                                       memory_budget_mb=budget_mb, gradient_checkpointing=args.setting)
+        request = AttributionRequest(steps=args.steps, memory_budget_mb=budget_mb, gradient_checkpointing=args.setting)
+        result = attribute_model(mp, pos, base, C.empty_latent(latent), request)
         seconds = time.perf_counter() - start
     meta = result.meta
     print(json.dumps({"peak_live": peak_live_bytes(prof),"setting": args.setting, "latent": latent, "seconds": seconds, "model_rss": model_rss,

@@ -1,10 +1,14 @@
 """cad_core: Component Attribution for Diffusion models, in plain torch (no ComfyUI imports).
 
     attribute()          score weights for a concept (alpha = w * dJ/dw): one call, any torch denoiser
+    AttributionRequest   an attribution's settings, their defaults and checks, in one frozen record
+    driver.attribute_request()   a request carried to an attribution on any backend (passes, budget, chunks)
     select_components()  pick components to erase (most positive) or amplify (most negative)
     select_protected()   the same while keeping other concepts (protect_mode subtract or drop)
     contrast()           scores for "erase A, keep B": A's share minus B's (a margin, not a veto)
     union(), protect()   combine masks; drop components another concept needs
+    closed_form_edit()   a closed-form weight edit: a concept's inputs answered like a guide's, kept ones as before
+    located_keys()       the matrices that hold most of a concept's positive CAD mass (where to edit)
     block_map()          per-block positive/negative mass and mask share, for the attribution map
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
     verify_ablation(), faithfulness()   compare predicted with measured effects
@@ -12,6 +16,7 @@
 from .attribution import (Attribution, GradientAccumulator, GradientCapture, ModuleCapture, ParameterGradientCapture,
                           attribute, seeded_noise, sum_attributions)
 from .block_map import block_map
+from .closed_form import closed_form_delta, closed_form_edit, located_keys
 from .blocks import block_of, short_block_name
 from .errors import CADError, CADFileError
 from .families import FAMILIES, GENERIC, ModelFamily, detect_family
@@ -19,6 +24,7 @@ from .fingerprint import ModelFingerprints, model_fingerprint, require_same_mode
 from .mask import Mask, protect, scale_selected, union
 from .noise import FlowMatching, VarianceExploding
 from .objectives import OBJECTIVES, Objective, objective_named
+from .request import AttributionRequest
 from .scopes import SCOPE_PRESETS, resolve_scope
 from .selection import GRANULARITIES, PROTECT_MODES, contrast, select_components, select_protected
 from .serialization import load_attribution, load_mask, read_kind, save_attribution, save_mask

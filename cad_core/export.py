@@ -46,14 +46,15 @@ def mask_as_lora(mask: Mask, effective_weight: Callable[[str], torch.Tensor],
     return tensors
 
 
-def save_lora(tensors: dict[str, torch.Tensor], path: str, mask: Mask) -> str:
+def save_lora(tensors: dict[str, torch.Tensor], path: str, source) -> str:
     """Write the LoRA tensors to a new file (never over an existing one; no half-written file on failure). The
-    metadata names the mask it came from; LoRA loaders ignore it."""
+    metadata names the mask or edit (`source`) it came from; LoRA loaders ignore it."""
     import json
 
     from .serialization import _write
     from .version import PACK_VERSION
-    metadata = {"cad.kind": "lora", "cad.fingerprint": mask.fingerprint, "cad.pack_version": PACK_VERSION,
-                "cad.mask_mode": str(mask.meta.get("mode", "")), "cad.weights": str(mask.count),
-                "cad.mask_meta": json.dumps(mask.meta, default=str)[:65536]}
+    count = source.count if isinstance(source, Mask) else source.weights_changed
+    metadata = {"cad.kind": "lora", "cad.fingerprint": source.fingerprint, "cad.pack_version": PACK_VERSION,
+                "cad.mask_mode": str(source.meta.get("mode", "")), "cad.weights": str(count),
+                "cad.mask_meta": json.dumps(source.meta, default=str)[:65536]}
     return _write(path, tensors, metadata)

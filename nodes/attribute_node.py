@@ -4,9 +4,10 @@ from comfy_api.latest import io
 
 from ..cad_core import OBJECTIVES, SCHEDULES, SCOPE_PRESETS
 from ..cad_core.objectives import objectives_help
+from ..cad_core.request import (CHECKPOINTING, MAX_BUDGET_MB, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_STEPS,
+                                AttributionRequest, default)
 from .cad_types import CadAttribution
-from .bridge import attribute_with_budget, check_scope_regex
-from .bridge.checkpointing import CHECKPOINTING
+from .bridge import attribute_model, check_scope_regex
 from .validation import check_choices, check_numbers
 from .ui_text import bounded
 
@@ -29,33 +30,34 @@ class CADAttribute(io.ComfyNode):
                                       "prompt. It also serves as the negative prompt for guidance."),
                 io.Latent.Input("latent", tooltip="Sets the latent size (e.g. Empty Latent Image). Its batch size is "
                                 "ignored; use 'samples' for more trajectories."),
-                io.Combo.Input("objective", options=list(OBJECTIVES), default=next(iter(OBJECTIVES)),
+                io.Combo.Input("objective", options=list(OBJECTIVES), default=default("objective"),
                                tooltip=objectives_help()),
-                io.Int.Input("steps", default=20, min=1, max=1000,
+                io.Int.Input("steps", default=default("steps"), min=1, max=MAX_STEPS,
                              tooltip="Sampling timesteps visited; each costs one forward+backward pass. Fewer steps "
                              "give a different mask: on the toy world, erase masks from 20 steps overlap those from 50 "
                              "with a Jaccard index of 0.75 and erase about as well; from 10 steps 0.58, from 5 steps "
                              "0.38, and 5 steps erase less (benchmarks/results/steps_study.md)."),
-                io.Float.Input("guidance", default=3.0, min=0.0, max=30.0, step=0.1,
+                io.Float.Input("guidance", default=default("guidance"), min=0.0, max=MAX_GUIDANCE, step=0.1,
                                tooltip="Classifier-free guidance of the sampled trajectories (reference: 3.0)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Noise seed of the trajectories."),
-                io.Int.Input("samples", default=1, min=1, max=256,
+                io.Int.Input("seed", default=default("seed"), min=0, max=MAX_SEED, tooltip="Noise seed of the trajectories."),
+                io.Int.Input("samples", default=default("samples"), min=1, max=MAX_SAMPLES,
                              tooltip="Trajectories averaged over (more = steadier scores). With concept_latent, every "
                              "image is used at least once."),
-                io.Combo.Input("scope", options=list(SCOPE_PRESETS), default="ff",
+                io.Combo.Input("scope", options=list(SCOPE_PRESETS), default=default("scope"),
                                tooltip="Which weights to score. ff: transformer feed-forward matrices (the paper's "
                                "choice); attention: q/k/v/out projections; all_linear: every 2-D weight; regex: "
                                "the pattern in scope_regex."),
-                io.Combo.Input("schedule", options=list(SCHEDULES), default="single",
+                io.Combo.Input("schedule", options=list(SCHEDULES), default=default("schedule"),
                                tooltip="single: one trajectory visited once, O(steps). reference: the reference "
                                "code's restart-per-step sampling, O(steps^2), for comparisons."),
-                io.String.Input("scope_regex", default="", optional=True,
+                io.String.Input("scope_regex", default=default("scope_regex"), optional=True,
                                 tooltip="With scope 'regex': a Python regex over weight names such as "
                                 "'diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight'."),
                 io.Latent.Input("concept_latent", optional=True,
                                 tooltip="concept_likelihood only: latents of images showing the concept (VAE "
                                 "Encode). Without them the model's own samples for the concept are used."),
-                io.Int.Input("memory_budget_mb", default=0, min=0, max=1 << 30, optional=True,
+                io.Int.Input("memory_budget_mb", default=default("memory_budget_mb"), min=0, max=MAX_BUDGET_MB,
+                             optional=True,
                              tooltip="Advanced. 0 = no limit. Otherwise the most memory (MB) CAD may take beyond "
                              "the loaded model: what one differentiated step keeps for its backward pass (measured by "
                              "one extra forward before the run, at this latent size) plus 8 bytes per scoped weight "
@@ -63,7 +65,8 @@ class CADAttribute(io.ComfyNode):
                              "weights). A larger scope is attributed in chunks, one pass per chunk over the same "
                              "trajectories (same result, one set of UNet calls per pass). Flux's ff scope needs ~58 GB "
                              "unchunked. With gradient_checkpointing auto, the way with fewer passes is taken."),
-                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING),
+                               default=default("gradient_checkpointing"), optional=True,
                                tooltip="Advanced. on: each block keeps only its inputs during the differentiated "
                                "forward and recomputes the rest in the backward pass: far less memory (a third on "
                                "SD1.5, CPU), same scores, one more forward of each block per step. auto: always on a "
@@ -90,11 +93,12 @@ class CADAttribute(io.ComfyNode):
     def execute(cls, model, positive, base, latent, objective, steps, guidance, seed, samples, scope, schedule,
                 scope_regex="", concept_latent=None, memory_budget_mb=0,
                 gradient_checkpointing="auto") -> io.NodeOutput:
+        request = AttributionRequest(objective=objective, scope=scope, scope_regex=scope_regex or "", steps=steps,
+                                     guidance=guidance, seed=seed, samples=samples, schedule=schedule,
+                                     memory_budget_mb=memory_budget_mb or 0,
+                                     gradient_checkpointing=gradient_checkpointing or "auto")
         progress = comfy.utils.ProgressBar(steps)
-        attribution = attribute_with_budget(
-            model, positive, base, latent, objective=objective, steps=steps, guidance=guidance, seed=seed,
-            samples=samples, scope=scope, scope_regex=scope_regex or "", schedule=schedule,
-            concept_latent=concept_latent, memory_budget_mb=memory_budget_mb or 0,
-            gradient_checkpointing=gradient_checkpointing or "auto", on_progress=lambda done, total: progress.update_absolute(done, total))
+        attribution = attribute_model(model, positive, base, latent, request, concept_latent=concept_latent,
+                                      on_progress=lambda done, total: progress.update_absolute(done, total))
         return io.NodeOutput(attribution, ui=bounded({"cad_summary": [attribution.summary()],
                                                       "text": [attribution.summary_text()]}))

@@ -3,3 +3,4 @@ from comfy_api.latest import io
 
 CadAttribution = io.Custom("CAD_ATTRIBUTION")
 CadMask = io.Custom("CAD_MASK")
+CadEdit = io.Custom("CAD_EDIT")

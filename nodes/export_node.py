@@ -1,11 +1,13 @@
-"""Save CAD Mask as LoRA: the edit as a file that ComfyUI's own LoraLoader (and other UIs' loaders) apply."""
+"""Save CAD Mask as LoRA / Save CAD Edit as LoRA: an edit as a file that ComfyUI's own LoraLoader (and other UIs'
+loaders) apply."""
 import os
 
 from comfy_api.latest import io
 
+from ..cad_core.edit import edit_as_lora
 from ..cad_core.export import save_lora
 from .bridge.export import lora_from_mask
-from .cad_types import CadMask
+from .cad_types import CadEdit, CadMask
 from .file_nodes import folder_relative, prefix_problem, save_new_file
 from .ui_text import bounded
 
@@ -47,4 +49,37 @@ class CADSaveMaskAsLoRA(io.ComfyNode):
         size = os.path.getsize(path)
         text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {mask.count:,} masked weights, "
                 f"{size / 2**20:,.1f} MiB. Load it with LoraLoaderModelOnly on the same model.")
+        return io.NodeOutput(name, ui=bounded({"cad_saved": [{"file": name, "folder": LORAS}], "text": [text]}))
+
+
+class CADSaveEditAsLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CADSaveEditAsLoRA", display_name="Save CAD Edit as LoRA", category="CAD/files",
+            description=(
+                "Writes the weight change of CAD Erase Concept as a LoRA file in models/loras/: one 'diff' per edited "
+                "matrix. Loaded with LoraLoaderModelOnly on the same checkpoint at strength_model s, it makes the "
+                "same change as CAD Erase Concept at strength s."),
+            inputs=[
+                CadEdit.Input("edit", tooltip="From CAD Erase Concept."),
+                io.String.Input("filename_prefix", default="cad_erase_concept",
+                                tooltip="File name inside models/loras/; a counter and .safetensors are added."),
+            ],
+            outputs=[io.String.Output(display_name="lora_name",
+                                      tooltip="The file's name as LoraLoader lists it.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        return True if filename_prefix is None else (prefix_problem(filename_prefix, LORAS) or True)
+
+    @classmethod
+    def execute(cls, edit, filename_prefix) -> io.NodeOutput:
+        tensors = edit_as_lora(edit)
+        path = save_new_file(filename_prefix, lambda p: save_lora(tensors, p, edit), folder=LORAS)
+        name = folder_relative(path, LORAS)
+        text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {edit.weights_changed:,} weights changed, "
+                f"{os.path.getsize(path) / 2**20:,.2f} MiB. Load it with LoraLoaderModelOnly on the same model.")
         return io.NodeOutput(name, ui=bounded({"cad_saved": [{"file": name, "folder": LORAS}], "text": [text]}))

@@ -6,16 +6,17 @@ from comfy_api.latest import ComfyExtension
 from .apply_node import ApplyCADMask
 from .attribute_node import CADAttribute
 from .demo_model_node import CADDemoModel
-from .export_node import CADSaveMaskAsLoRA
+from .erase_concept_node import CADEraseConcept
+from .export_node import CADSaveEditAsLoRA, CADSaveMaskAsLoRA
 from .file_nodes import CADLoadAttribution, CADLoadMask, CADSaveAttribution, CADSaveMask
 from .map_node import CADAttributionMap
 from .mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
 from .sum_node import CADSumAttributions
 from .verify_node import CADVerify
 
-NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADCombineMasks, CADSumAttributions, CADVerify,
-         CADAttributionMap, CADSaveAttribution, CADLoadAttribution, CADSaveMask, CADLoadMask, CADSaveMaskAsLoRA,
-         CADDemoModel]
+NODES = [CADAttribute, CADEraseMask, CADAmplifyMask, ApplyCADMask, CADEraseConcept, CADCombineMasks,
+         CADSumAttributions, CADVerify, CADAttributionMap, CADSaveAttribution, CADLoadAttribution, CADSaveMask,
+         CADLoadMask, CADSaveMaskAsLoRA, CADSaveEditAsLoRA, CADDemoModel]
 
 
 class CADExtension(ComfyExtension):

@@ -1,5 +1,6 @@
 """The README's supported-models table and objectives list, rendered from the pack's records
-(cad_core/families.py, cad_core/objectives/). tests/test_readme.py fails when the README differs.
+(cad_core/families.py, cad_core/objectives/), and its "CAD and its peers" table, rendered from
+benchmarks/results/erase_vs_peers.json. tests/test_readme.py fails when the README differs.
 
     python scripts/readme_tables.py            # print both
     python scripts/readme_tables.py --write    # put them into README.md between their markers
@@ -12,7 +13,14 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
 MARKERS = {"families": ("<!-- families table: scripts/readme_tables.py -->", "<!-- end of families table -->"),
-           "objectives": ("<!-- objectives list: scripts/readme_tables.py -->", "<!-- end of objectives list -->")}
+           "objectives": ("<!-- objectives list: scripts/readme_tables.py -->", "<!-- end of objectives list -->"),
+           "peers": ("<!-- peers table: scripts/readme_tables.py -->", "<!-- end of peers table -->")}
+PEERS_RESULT = os.path.join(REPO, "benchmarks", "results", "erase_vs_peers.json")
+# What each method is, in the README's words
+PEER_NAMES = {"cad-located": "**CAD Erase Concept** (closed form on the K/V matrices CAD locates)",
+              "uce": "UCE (closed form on every K/V matrix)", "uce-overshoot": "UCE with the overshoot",
+              "esd-x": "ESD-x (fine-tuned cross-attention)",
+              "cad-zero-kv": "CAD Erase Mask, K/V, others protected (zeroing)"}
 
 
 def _core():
@@ -44,8 +52,31 @@ def objectives_list() -> str:
                      for o in core.OBJECTIVES.values())
 
 
+def peers_table() -> str:
+    """Each method's chosen setting on the test split: target after / other shapes kept (lowest) / spared pictures
+    moved, per shape, and how many shapes meet the bar."""
+    import json
+    with open(PEERS_RESULT) as f:
+        data = json.load(f)
+    rows = [r for r in data["rows"] if r["split"] == "test" and r["chosen"]]
+    shapes = list(dict.fromkeys(r["target"] for r in rows))
+    bar = {r["method"]: 0 for r in rows}
+    for r in rows:
+        bar[r["method"]] += bool(r["target_acc"] <= 0.10 and r["others_min_keep"] >= 0.90 and r["colour_min"] >= 0.90)
+    lines = ["| method (setting chosen on validation) | " + " | ".join(shapes) + " | shapes erased with the rest kept |",
+             "|---|" + "---|" * (len(shapes) + 1)]
+    for method in PEER_NAMES:
+        mine = {r["target"]: r for r in rows if r["method"] == method}
+        if not mine:
+            continue
+        cells = [f"{mine[s]['target_acc']:.2f} / {mine[s]['others_min_keep']:.2f} / {mine[s]['spared_distance']:.3f}"
+                 for s in shapes]
+        lines.append(f"| {PEER_NAMES[method]} | " + " | ".join(cells) + f" | {bar[method]} of {len(shapes)} |")
+    return "\n".join(lines)
+
+
 def rendered() -> dict:
-    return {"families": families_table(), "objectives": objectives_list()}
+    return {"families": families_table(), "objectives": objectives_list(), "peers": peers_table()}
 
 
 def in_readme(text: str) -> dict:

@@ -11,7 +11,7 @@ import os
 import torch
 
 import comfyui_version
-from cad_pack.cad_core import select_components
+from cad_pack.cad_core import AttributionRequest, select_components
 from cad_pack.nodes.bridge import attribute_model
 
 from family_models import build, conditioning, empty_latent
@@ -35,8 +35,7 @@ def attribute_flux(mp):
     """The attribution the files hold: concept_gap, T = 2, seed 3, the regex scope above."""
     with torch.inference_mode():
         return attribute_model(mp, conditioning("flux", 1), conditioning("flux", 2), empty_latent(),
-                               objective="concept_gap", steps=2, guidance=3.0, seed=3, samples=1, scope="regex",
-                               scope_regex=SCOPE_REGEX)
+                               AttributionRequest(steps=2, seed=3, scope="regex", scope_regex=SCOPE_REGEX))
 
 
 def erase_mask(attribution):

@@ -4,8 +4,8 @@ differentiated forward that keeps everything, on reduced models of several famil
 import pytest
 import torch
 
-from cad_pack.cad_core import resolve_scope
-from cad_pack.nodes.bridge import attribute_with_budget, differentiable_source, patchable_weights
+from cad_pack.cad_core import AttributionRequest, resolve_scope
+from cad_pack.nodes.bridge import attribute_model, differentiable_source, patchable_weights
 from cad_pack.nodes.bridge.activation_memory import OUTSIDE
 from cad_pack.nodes.bridge.attribution import measure_activations
 
@@ -46,9 +46,8 @@ def kept_per_step(mp, family, steps=2):
     """Two steps (a flow model's first step alone does not depend on its weights), averaged."""
     reference = KeptForBackward(mp.model.diffusion_model)
     with torch.inference_mode(), torch.autograd.graph.saved_tensors_hooks(reference.pack, lambda t: t):
-        attribute_with_budget(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0],
-                              objective="concept_gap", steps=steps, guidance=3.0, seed=0, samples=1, scope="ff",
-                              gradient_checkpointing="off")
+        attribute_model(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0],
+                        AttributionRequest(steps=steps, gradient_checkpointing="off"))
     return reference.total / steps
 
 

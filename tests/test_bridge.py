@@ -6,7 +6,7 @@ equal plain autograd on the same latents; masks must patch and unpatch exactly.
 import pytest
 import torch
 
-from cad_pack.cad_core import Mask, select_components
+from cad_pack.cad_core import AttributionRequest, Mask, select_components
 from cad_pack.nodes.bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
 
 from family_models import loaded_weight
@@ -18,10 +18,11 @@ POS, BASE = conditioning(1), conditioning(2)
 STEPS, SEED, GUIDANCE = 3, 7, 3.0
 
 
-def node_path(mp, objective, **kw):
+def node_path(mp, objective, scope="ff", scope_regex="", concept_latent=None):
+    request = AttributionRequest(objective=objective, steps=STEPS, guidance=GUIDANCE, seed=SEED, scope=scope,
+                                 scope_regex=scope_regex)
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        return attribute_model(mp, POS, BASE, empty_latent(), objective=objective, steps=STEPS, guidance=GUIDANCE,
-                               seed=SEED, samples=1, scope=kw.pop("scope", "ff"), **kw)
+        return attribute_model(mp, POS, BASE, empty_latent(), request, concept_latent=concept_latent)
 
 
 def plain_autograd_alpha(mp, objective, keys, concept_latent=None):
@@ -252,9 +253,8 @@ def test_a_weight_cast_to_another_dtype_is_kept_as_an_fp32_copy(monkeypatch):
     mp = build("sd15", seed=3, scale=0.1, dtype=torch.float16)
     first = FirstWeights(monkeypatch)
     with torch.inference_mode():
-        attribute_model(mp, family_conditioning("sd15", 1), family_conditioning("sd15", 2),
-                        family_latent("sd15")[0], objective="concept_gap", steps=2, guidance=3.0, seed=0, samples=1,
-                        scope="ff")
+        attribute_model(mp, family_conditioning("sd15", 1), family_conditioning("sd15", 2), family_latent("sd15")[0],
+                        AttributionRequest(steps=2))
     assert first.kept
     for key, (value, stored) in first.kept.items():
         assert value is not stored and value.dtype == torch.float32 and value.device.type == "cpu"

@@ -3,9 +3,9 @@ family, with and without chunks; it really keeps fewer activations; models witho
 import pytest
 import torch
 
-from cad_pack.cad_core import CADError, resolve_scope
+from cad_pack.cad_core import AttributionRequest, CADError, resolve_scope
 from cad_pack.cad_core.families import detect_family
-from cad_pack.nodes.bridge import attribute_with_budget, patchable_weights
+from cad_pack.nodes.bridge import attribute_model, patchable_weights
 from cad_pack.nodes.bridge.checkpointing import checkpoint_units
 
 from family_models import FAMILIES, NO_PRESET, build, conditioning, family_latent
@@ -13,11 +13,11 @@ from family_models import FAMILIES, NO_PRESET, build, conditioning, family_laten
 STEPS, SEED = 3, 7
 
 
-def attribute(mp, family, setting, scope="ff", **kw):
+def attribute(mp, family, setting, scope="ff", memory_budget_mb=0):
+    request = AttributionRequest(steps=STEPS, seed=SEED, scope=scope, gradient_checkpointing=setting,
+                                 memory_budget_mb=memory_budget_mb)
     with torch.inference_mode():
-        return attribute_with_budget(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0],
-                                     objective="concept_gap", steps=STEPS, guidance=3.0, seed=SEED, samples=1,
-                                     scope=scope, gradient_checkpointing=setting, **kw)
+        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0], request)
 
 
 def assert_same_scores(a, b, rtol=1e-5):

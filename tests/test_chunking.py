@@ -7,11 +7,10 @@ import re
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError, resolve_scope
+from cad_pack.cad_core import Attribution, AttributionRequest, CADError, resolve_scope
 from cad_pack.cad_core.budget import BYTES_PER_SCOPED_WEIGHT, MB, join_chunks, plan_chunks, scope_bytes
 from cad_pack.nodes.attribute_node import CADAttribute
-from cad_pack.nodes.bridge import attribute_with_budget, plan_passes
-from cad_pack.nodes.bridge import patchable_weights
+from cad_pack.nodes.bridge import attribute_model, patchable_weights
 
 from family_models import build, conditioning, empty_latent
 
@@ -49,6 +48,12 @@ def test_join_refuses_overlap_and_other_models():
 
 
 # ------------------------------------------------------------------------------------------ passes
+def scoped(mp, scope):
+    """The (key, shape) pairs `scope` selects, in model order."""
+    shapes = dict(patchable_weights(mp))
+    return [(k, shapes[k]) for k in resolve_scope(patchable_weights(mp), scope)]
+
+
 def expected_passes(mp, scope, budget_bytes):
     """Greedy count written out independently: start a new pass when the next matrix would overflow."""
     sizes = [math.prod(s) * 8 for k, s in patchable_weights(mp) if k in set(resolve_scope(patchable_weights(mp), scope))]
@@ -60,11 +65,12 @@ def expected_passes(mp, scope, budget_bytes):
     return passes
 
 
-def run(mp, family, budget_mb, objective="concept_gap", progress=None, **kw):
+def run(mp, family, budget_mb, objective="concept_gap", progress=None, **fields):
+    """fields: more of the request's fields (scope, scope_regex, gradient_checkpointing)."""
+    request = AttributionRequest(objective=objective, steps=STEPS, seed=5, memory_budget_mb=budget_mb, **fields)
     with torch.inference_mode():
-        return attribute_with_budget(mp, conditioning(family, 1), conditioning(family, 2), empty_latent(),
-                                     objective=objective, steps=STEPS, guidance=3.0, seed=5, samples=1,
-                                     memory_budget_mb=budget_mb, on_progress=progress, **kw)
+        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), empty_latent(), request,
+                               on_progress=progress)
 
 
 def activation_mb(mp, family, objective="concept_gap", **kw):
@@ -86,7 +92,7 @@ def test_chunked_alpha_equals_unchunked_alpha(family, scope, objective):
     room = (budget_mb - activation) * MB
     passes = expected_passes(mp, scope, room)
     assert passes >= 3
-    assert chunked.meta["passes"] == passes == len(plan_passes(mp, scope, "", budget_mb, activation * MB))
+    assert chunked.meta["passes"] == passes == len(plan_chunks(scoped(mp, scope), budget_mb * MB, activation * MB))
     assert list(chunked.scores) == list(whole.scores)          # model order, same keys
     for k, s in whole.scores.items():
         torch.testing.assert_close(chunked.scores[k], s, rtol=1e-6, atol=0)

@@ -10,10 +10,9 @@ import comfy.model_sampling
 import comfy.samplers
 import comfy.sd
 import nodes as comfy_nodes
-from cad_pack.cad_core import CADError, Mask, load_attribution, load_mask, resolve_scope
-from cad_pack.nodes.bridge import attribute_with_budget, needs_pooled_output
+from cad_pack.cad_core import AttributionRequest, CADError, Mask, load_attribution, load_mask, resolve_scope
 from cad_pack.nodes.bridge import (apply_mask, attribute_model, fingerprint_of, model_fingerprints,
-                                   parameterization_of)
+                                   needs_pooled_output, parameterization_of)
 from cad_pack.cad_core.noise import FlowMatching, VarianceExploding
 
 import cross_version as X
@@ -75,16 +74,16 @@ def test_flux_conditioning_without_pooled_output_where_the_model_accepts_it():
                   for entry in conditioning("flux", seed)] for seed in (1, 2)]
     assert needs_pooled_output(mp) is not NEWER_THAN_0_3
     # T = 2: at the first sigma of a flow model (1.0) eps does not depend on the prediction, so alpha is 0 there
-    run = dict(objective="concept_gap", steps=2, guidance=3.0, seed=0, samples=1, scope="ff")
+    request = AttributionRequest(steps=2)
     if NEWER_THAN_0_3:   # 0.33: Flux's vector input falls back to zeros, as KSampler's run does
         with torch.inference_mode():
-            attribution = attribute_with_budget(mp, *no_pooled, empty_latent(), **run)
+            attribution = attribute_model(mp, *no_pooled, empty_latent(), request)
         assert all(torch.isfinite(s).all() for s in attribution.scores.values())
         assert sum(float(s.abs().sum()) for s in attribution.scores.values()) > 0
     else:                # 0.3.75: ComfyUI would fail with a bare KeyError; CAD says what is missing
         with pytest.raises(CADError, match="needs 'pooled_output'.*'positive' has none"):
             with torch.inference_mode():
-                attribute_with_budget(mp, *no_pooled, empty_latent(), **run)
+                attribute_model(mp, *no_pooled, empty_latent(), request)
     # SDXL needs it on every version
     assert needs_pooled_output(build("sdxl", seed=2))
 
@@ -138,8 +137,7 @@ def test_attribution_latent_has_the_shape_ksampler_samples():
     with torch.inference_mode():
         latent = comfy_nodes.EmptyLatentImage().generate(128, 128)[0]     # 16x16 at 8x downscaling
         ksampled = comfy_nodes.common_ksampler(mp, 0, 1, 1.0, "euler", "normal", pos, base, latent)[0]["samples"]
-        attribution = attribute_model(mp, pos, base, latent, objective="concept_gap", steps=1, guidance=3.0,
-                                      seed=0, samples=1, scope="ff")
+        attribution = attribute_model(mp, pos, base, latent, AttributionRequest(steps=1))
     assert attribution.meta["latent_shape"] == list(ksampled.shape)
     # 0.33 resizes an 8x-downscaled empty latent for a 16x model; 0.3.75 samples it as it is
     assert ksampled.shape[-1] == (8 if NEWER_THAN_0_3 else 16)

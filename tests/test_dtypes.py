@@ -13,6 +13,7 @@ low-precision dtype computes in fp32), plus bf16/fp16 computed natively as a GPU
 import pytest
 import torch
 
+from cad_pack.cad_core import AttributionRequest
 from cad_pack.nodes.bridge import attribute_model
 
 from family_models import build, check_mask_round_trip, conditioning, empty_latent, plain_autograd_alpha
@@ -26,7 +27,7 @@ STORED = {"fp32": (torch.float32, False), "fp16": (torch.float16, False), "bf16"
 def attribute(mp, family):
     with torch.inference_mode():
         return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), empty_latent(),
-                               objective="concept_gap", steps=STEPS, guidance=GUIDANCE, seed=SEED, samples=1, scope="ff")
+                               AttributionRequest(steps=STEPS, guidance=GUIDANCE, seed=SEED))
 
 
 def set_fp8_scales(mp, value=0.5):
@@ -126,8 +127,7 @@ def test_fp16_compute_scales_the_loss_so_small_gradients_survive(monkeypatch):
     def flat(mp):
         with torch.inference_mode():
             a = attribute_model(mp, conditioning("sd15", 1), conditioning("sd15", 2), empty_latent(32),
-                                objective="concept_gap", steps=STEPS, guidance=GUIDANCE, seed=SEED, samples=1,
-                                scope="ff")
+                                AttributionRequest(steps=STEPS, guidance=GUIDANCE, seed=SEED))
         return a, torch.cat([s.reshape(-1) for s in a.scores.values()])
 
     def fp16_model():

@@ -19,8 +19,8 @@ import torch
 
 import comfy.model_patcher
 import comfy.ops
-from cad_pack.cad_core import CADError
-from cad_pack.nodes.bridge import attribution as bridge_attribution
+from cad_pack.cad_core import AttributionRequest, CADError
+from cad_pack.nodes.bridge import guided_run
 from cad_pack.nodes.bridge import attribute_model
 
 from family_models import build, conditioning, empty_latent, plain_autograd_alpha
@@ -107,8 +107,7 @@ def dynamic_vram_hazards(monkeypatch):
 def node_path(mp, family, scope="ff+attention"):
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), empty_latent(),
-                               objective="concept_gap", steps=STEPS, guidance=GUIDANCE, seed=SEED, samples=1,
-                               scope=scope)
+                               AttributionRequest(steps=STEPS, guidance=GUIDANCE, seed=SEED, scope=scope))
 
 
 def expected_alpha(family, keys, seed):
@@ -149,7 +148,7 @@ def test_alpha_equals_plain_autograd_with_shared_cast_buffers_and_small_modules_
 
 def test_a_probe_that_never_runs_is_an_error_not_a_zero(dynamic_vram_hazards, monkeypatch):
     """If some future ComfyUI path bypassed the weight wrappers, CAD must refuse instead of scoring 0."""
-    monkeypatch.setattr(bridge_attribution, "install_missing_cad_wrappers", lambda grad_model: 0)
+    monkeypatch.setattr(guided_run, "install_missing_cad_wrappers", lambda grad_model: 0)
     with pytest.raises(CADError, match="without CAD's gradient probe.*--disable-dynamic-vram"):
         node_path(build("sd15", seed=3), "sd15")
 

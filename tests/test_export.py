@@ -9,7 +9,7 @@ import torch
 
 import comfy.sd
 import comfy.utils
-from cad_pack.cad_core import CADError, select_components
+from cad_pack.cad_core import AttributionRequest, CADError, select_components
 from cad_pack.cad_core.export import lora_key
 from cad_pack.nodes.bridge import apply_mask, attribute_model, patchable_weights
 from cad_pack.nodes.bridge.export import lora_from_mask
@@ -23,7 +23,7 @@ POS, NEG = conditioning(1), conditioning(2)
 def erase_mask(mp, ratio=0.05):
     with torch.inference_mode():
         attribution = attribute_model(mp, POS, NEG, {"samples": torch.zeros((1, 4, 16, 16))},
-                                      objective="concept_gap", steps=2, guidance=3.0, seed=0, samples=1, scope="ff")
+                                      AttributionRequest(steps=2))
     return select_components(attribution, "erase", ratio, "per_row")
 
 
@@ -69,8 +69,8 @@ def test_an_fp16_model_gets_an_fp16_lora_that_is_still_exact():
     mp = build("sd15", seed=3, scale=0.1, dtype=torch.float16)
     pos, neg = family_conditioning("sd15", 1), family_conditioning("sd15", 2)
     with torch.inference_mode():
-        attribution = attribute_model(mp, pos, neg, family_latent("sd15")[0], objective="concept_gap", steps=2,
-                                      guidance=3.0, seed=0, samples=1, scope="ff")
+        attribution = attribute_model(mp, pos, neg, family_latent("sd15")[0],
+                                      AttributionRequest(steps=2))
     mask = select_components(attribution, "erase", 0.05, "per_row")
     tensors = lora_from_mask(mp, mask)
     assert {t.dtype for t in tensors.values()} == {torch.float16}
@@ -99,8 +99,8 @@ def test_core_checkpoint_save_of_a_cad_patched_model_loads_and_samples_identical
                                                               output_clip=True)[:3]
         pos = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
         neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        attribution = attribute_model(mp, pos, neg, {"samples": torch.zeros((1, 4, 8, 8))}, objective="concept_gap",
-                                      steps=2, guidance=3.0, seed=0, samples=1, scope="ff")
+        attribution = attribute_model(mp, pos, neg, {"samples": torch.zeros((1, 4, 8, 8))},
+                                      AttributionRequest(steps=2))
     mask = select_components(attribution, "erase", 0.05, "per_row")
     patched = apply_mask(mp, mask, 1.0)
     path = str(tmp_path / "erased.safetensors")

@@ -14,9 +14,9 @@ import torch
 
 import comfy.model_base
 import comfy.model_sampling
-from cad_pack.cad_core import CADError, FlowMatching, VarianceExploding, resolve_scope, select_components
+from cad_pack.cad_core import (AttributionRequest, CADError, FlowMatching, VarianceExploding, resolve_scope,
+                               select_components)
 from cad_pack.cad_core.families import detect_family
-from cad_pack.nodes.bridge import attribute_with_budget
 from cad_pack.nodes.bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
 
 from family_models import (EXPECTED, FAMILIES, NO_PRESET, build, check_mask_round_trip, conditioning, empty_latent,
@@ -26,11 +26,12 @@ STEPS, SEED, GUIDANCE = 3, 7, 3.0
 SCALE = 0.1  # init scale: large enough that J (and every gradient) is far from fp32 noise
 
 
-def node_path(mp, family, objective="concept_gap", scope="ff", **kw):
+def node_path(mp, family, objective="concept_gap", scope="ff", scope_regex="", concept_latent=None):
+    request = AttributionRequest(objective=objective, steps=STEPS, guidance=GUIDANCE, seed=SEED, scope=scope,
+                                 scope_regex=scope_regex)
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0],
-                               objective=objective, steps=STEPS, guidance=GUIDANCE, seed=SEED, samples=1,
-                               scope=scope, **kw)
+        return attribute_model(mp, conditioning(family, 1), conditioning(family, 2), family_latent(family)[0], request,
+                               concept_latent=concept_latent)
 
 
 # --------------------------------------------------------------------------------------------- scopes
@@ -150,10 +151,10 @@ def test_node_path_gradients_equal_plain_autograd(family, objective):
 def test_flux_guidance_in_conditioning_reaches_the_model():
     """Flux-dev's distilled guidance comes from the conditioning (FluxGuidance), not from CFG."""
     mp = build("flux", seed=3, scale=SCALE)
+    request = AttributionRequest(steps=2, guidance=1.0, seed=SEED)
     with torch.inference_mode():
         runs = [attribute_model(mp, conditioning("flux", 1, flux_guidance=g), conditioning("flux", 2, flux_guidance=g),
-                                empty_latent(), objective="concept_gap", steps=2, guidance=1.0, seed=SEED, samples=1,
-                                scope="ff") for g in (1.0, 4.0)]
+                                empty_latent(), request) for g in (1.0, 4.0)]
     k = next(iter(runs[0].scores))
     assert not torch.equal(runs[0].scores[k], runs[1].scores[k])
 
@@ -233,8 +234,8 @@ def test_missing_pooled_output_is_refused_clearly():
     no_pooled = [[conditioning("sdxl", 1)[0][0], {}]]
     with pytest.raises(CADError, match="needs 'pooled_output'.*'positive' has none"):
         with torch.inference_mode():
-            attribute_with_budget(mp, no_pooled, conditioning("sdxl", 2), empty_latent(), objective="concept_gap",
-                                  steps=1, guidance=3.0, seed=0, samples=1, scope="ff")
+            attribute_model(mp, no_pooled, conditioning("sdxl", 2), empty_latent(),
+                            AttributionRequest(steps=1))
 
 
 @pytest.mark.parametrize("family", [f for f in NO_PRESET if f != "auraflow"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import folder_paths
-from cad_pack.cad_core import CADError, Mask, save_mask
+from cad_pack.cad_core import AttributionRequest, CADError, Mask, save_mask
 from cad_pack.cad_core.serialization import _metadata
 from cad_pack.nodes.bridge import bounded_matcher
 from cad_pack.nodes.file_nodes import prefix_problem, save_new_file
@@ -156,10 +156,9 @@ def test_identical_concept_and_base_prompts_are_refused_with_advice(comfy_server
 
 def test_an_attribution_whose_every_score_is_zero_is_refused():
     from family_models import build, conditioning, empty_latent
-    from cad_pack.nodes.bridge import attribute_with_budget
+    from cad_pack.nodes.bridge import attribute_model
 
     with pytest.raises(CADError, match="Every score of this attribution is exactly 0.*steps >= 2"):
         with torch.inference_mode():   # a flow model at T = 1: its only visit is at sigma 1, where alpha is 0
-            attribute_with_budget(build("flux", seed=0), conditioning("flux", 1), conditioning("flux", 2),
-                                  empty_latent(), objective="concept_gap", steps=1, guidance=3.0, seed=0, samples=1,
-                                  scope="ff")
+            attribute_model(build("flux", seed=0), conditioning("flux", 1), conditioning("flux", 2), empty_latent(),
+                            AttributionRequest(steps=1))

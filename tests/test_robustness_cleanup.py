@@ -10,7 +10,7 @@ import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
-from cad_pack.cad_core import CADError, GradientAccumulator
+from cad_pack.cad_core import AttributionRequest, CADError, GradientAccumulator
 from cad_pack.nodes.bridge import GradProbe, attribute_model
 
 from tiny_models import assert_untouched, conditioning, empty_latent, tiny_sd15
@@ -21,9 +21,9 @@ STEPS = 3
 
 
 def attribute(mp, objective="concept_gap", schedule="single", on_progress=None):
+    request = AttributionRequest(objective=objective, steps=STEPS, scope="ff+attention", schedule=schedule)
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        return attribute_model(mp, POS, BASE, empty_latent(), objective=objective, steps=STEPS, guidance=3.0, seed=0,
-                               samples=1, scope="ff+attention", schedule=schedule, on_progress=on_progress)
+        return attribute_model(mp, POS, BASE, empty_latent(), request, on_progress=on_progress)
 
 
 def attribute_like_comfy(mp, **kw):

@@ -10,7 +10,8 @@ const MAX_CHART_WIDTH = 640;
 
 const CAD_NODES = new Set([
   "CADAttribute", "CADSumAttributions", "CADEraseMask", "CADAmplifyMask", "CADCombineMasks", "CADAttributionMap",
-  "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask", "CADSaveMaskAsLoRA",
+  "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask", "CADSaveMaskAsLoRA", "CADEraseConcept",
+  "CADSaveEditAsLoRA",
 ]);
 
 // One DOM widget per node, created on the first execution and refilled on every later one.

@@ -7,7 +7,8 @@ inputs, call these functions (and cad_core), and return.
                     ComfyUI's forward passes safe for autograd
     checkpointing   per-block gradient checkpointing of the differentiated forwards, and auto's decision
     activation_memory  what one differentiated step keeps for backward, measured (the memory budget counts it)
-    attribution     CAD Attribute through ComfyUI's CFGGuider, in chunks under a memory budget
+    attribution     CAD Attribute: the core driver with ComfyUI as its backend (ComfyBackend)
+    guided_run      the guided run a pass differentiates: CFGGuider, AttributionSampler, the gradient clone
     scope_regex     a workflow's scope_regex matched within a time bound
     masks           Apply CAD Mask: the weight adapter and the patched clone
     verification    CAD Verify: J re-measured at the visited latents, with a mask really applied
@@ -18,7 +19,8 @@ autograd refuses to save. Attribution therefore runs on a clone of the MODEL ins
 probes on the scoped weights and copy-forcing identity wrappers on every other weight, so downstream layers get
 private tensors they may save for backward.
 """
-from .attribution import SCHEDULER, AttributionSampler, attribute_model, attribute_with_budget, plan_passes
+from .attribution import SCHEDULER, ComfyBackend, attribute_model
+from .guided_run import AttributionSampler
 from .differentiable import differentiable_source, is_dynamic, ordinary_copies_of_plain_parameters
 from .masks import CADMaskAdapter, apply_mask
 from .model_info import (PREFIX, check_conditioning, check_fingerprint, compute_dtype_of, fingerprint_of,

@@ -23,9 +23,9 @@ import comfy.model_management
 
 from ...cad_core import CADError
 from ...cad_core.families import detect_family, supported_families
+from ...cad_core.request import CHECKPOINTING
 from .differentiable import kernels_with_backward
 
-CHECKPOINTING = ("auto", "on", "off")
 _MISSING = object()
 
 

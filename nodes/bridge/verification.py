@@ -6,7 +6,7 @@ import comfy.samplers
 
 from ...cad_core import Attribution, CADError, Mask, verify_ablation
 from ...cad_core.objectives import base_predictions, measure_objective
-from .attribution import AttributionSampler
+from .guided_run import AttributionSampler
 from .masks import apply_mask
 from .model_info import check_fingerprint, parameterization_of
 

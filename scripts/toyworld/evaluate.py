@@ -23,7 +23,8 @@ if "cad_pack" not in sys.modules:
                       "toyworld.comfy_env.import_pack() or pack_bootstrap.import_pack() before importing it")
 import comfy.sample  # noqa: E402
 
-from cad_pack.cad_core import Mask, objective_named, select_protected, sum_attributions  # noqa: E402
+from cad_pack.cad_core import (AttributionRequest, Mask, objective_named, select_protected,  # noqa: E402
+                               sum_attributions)
 from cad_pack.nodes.bridge import apply_mask, attribute_model, original_weight  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
 
@@ -100,10 +101,11 @@ class ToyWorld:
             if objective_named(objective).takes_images:   # rendered pictures of the concept
                 concept_latent = {"samples": concept_latents(*cell, samples, seed + i)}
             with torch.inference_mode():
-                parts.append(attribute_model(
-                    model, self.cond(positive), self.cond(base), {"samples": torch.zeros((1, 48, 8, 8))},
-                    objective=objective, steps=steps, guidance=guidance, seed=seed + i, samples=samples, scope=scope,
-                    scope_regex=scope_regex, schedule=schedule, concept_latent=concept_latent))
+                request = AttributionRequest(objective=objective, steps=steps, guidance=guidance, seed=seed + i,
+                                             samples=samples, scope=scope, scope_regex=scope_regex, schedule=schedule)
+                parts.append(attribute_model(model, self.cond(positive), self.cond(base),
+                                             {"samples": torch.zeros((1, 48, 8, 8))}, request,
+                                             concept_latent=concept_latent))
         return sum_attributions(parts)
 
 

@@ -1,0 +1,146 @@
+"""The erase methods CAD is measured against, written from their papers for the toy world (docs/method.md,
+"The peers"). Not part of the pack: benchmarks/erase_vs_peers.py runs them beside CAD on the same seeds.
+
+- UCE (Gandikota et al., WACV 2024): a closed-form edit of every cross-attention K and V so that the concept's
+  text rows map to a guide's while kept concepts' rows map as before. The solve is cad_core.closed_form's, the one
+  the pack's CAD-located edit uses on fewer matrices, so two rows of the table differ only in where they edit.
+- ESD-x (Gandikota et al., ICCV 2023): fine-tune the cross-attention weights so that the model's prediction for
+  the concept follows the frozen original's negatively guided prediction, eps(x, '') - eta (eps(x, c) - eps(x, '')),
+  at points x_t of the original's own sampling trajectories for the concept.
+
+Both return weight changes {key: dW}; apply_deltas patches a clone of the MODEL with them as ComfyUI 'diff'
+patches (what a LoRA loader does), so every method is sampled through the same ComfyUI path.
+"""
+import copy
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+
+from cad_pack.cad_core.closed_form import closed_form_edit
+from cad_pack.nodes.bridge import original_weight, patchable_weights
+from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER
+from toyworld.world import COLOUR_NAMES, SHAPES, caption
+
+CROSS_ATTENTION_KV = ("attn2.to_k.", "attn2.to_v.")
+
+
+def kv_keys(model) -> list[str]:
+    """Every cross-attention K and V weight: the matrices that read the text encoder's rows."""
+    return [k for k, _ in patchable_weights(model) if k.endswith(".weight") and any(m in k for m in CROSS_ATTENTION_KV)]
+
+
+def erase_prompts(target: str) -> list[tuple[str, str]]:
+    """(prompt, guide) pairs that name the shape: 'a <colour> <shape>' -> 'a <colour>' (the colour stays) and
+    'a <shape>' -> '' ."""
+    return [(caption(target, c), caption(None, c)) for c in COLOUR_NAMES] + [(caption(target, None), "")]
+
+
+def kept_prompts(target: str) -> list[str]:
+    """Every prompt of the world that does not name the shape."""
+    return [caption(s, c) for s in SHAPES if s != target for c in (*COLOUR_NAMES, None)] + \
+        [caption(None, c) for c in COLOUR_NAMES] + [""]
+
+
+class TextRows:
+    """The text encoder's rows of a prompt (what cross-attention K/V read), the first `rows` token positions."""
+
+    def __init__(self, world, rows: int):
+        self.world, self.rows = world, rows
+
+    def __call__(self, prompts) -> torch.Tensor:
+        return torch.cat([self.world.cond(p)[0][0][0, :self.rows].float() for p in prompts])
+
+
+def closed_form_inputs(world, target: str, rows: int):
+    """(erase, guide, keep) input rows of the closed form for erasing `target`."""
+    text = TextRows(world, rows)
+    pairs = erase_prompts(target)
+    return text([p for p, _ in pairs]), text([g for _, g in pairs]), text(kept_prompts(target))
+
+
+def uce(world, target: str, keys=None, rows: int = 77, preserve: float = 1.0, ridge: float = 0.01,
+        overshoot: float = 0.0) -> dict:
+    """UCE's edit of `keys` (default: every cross-attention K and V)."""
+    keys = keys or kv_keys(world.model)
+    erase, guide, keep = closed_form_inputs(world, target, rows)
+    weights = {k: original_weight(world.model, k).float() for k in keys}
+    return closed_form_edit(weights, erase, guide, keep, preserve, ridge, overshoot)
+
+
+def esd_x(world, target: str, steps: int = 200, lr: float = 3e-4, eta: float = 1.0, batch: int = 8,
+          seed: int = 0, trajectories: int = 4) -> dict:
+    """ESD-x: fine-tune every cross-attention ('attn2') weight and bias for `steps` Adam steps.
+
+    Points x_t: the frozen original's euler trajectories (the pictures' sampler, steps and CFG) for each prompt
+    naming the shape, `trajectories` seeds each. Loss: the model's own training loss (v-prediction: the
+    x0-error weighted by (sigma^2 + 1) / sigma^2) between the trained model's prediction for the prompt and the
+    frozen original's negatively guided one."""
+    comfy.model_management.unload_all_models()  # a patched clone sampled last may still hold its weights in place
+    original = world.model.model
+    trained = copy.deepcopy(original)
+    names = [n for n, _ in trained.diffusion_model.named_parameters() if ".attn2." in n]
+    for n, p in trained.diffusion_model.named_parameters():
+        p.requires_grad_(n in names)
+    params = [p for n, p in trained.diffusion_model.named_parameters() if n in names]
+    prompts = [p for p, _ in erase_prompts(target)]
+    pool = _trajectory_points(world, prompts, trajectories, seed)
+    empty = world.cond("")[0][0]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        pick = torch.randint(len(pool), (batch,), generator=g)
+        x = torch.stack([pool[i][0] for i in pick])
+        sigma = torch.stack([pool[i][1] for i in pick])
+        context = torch.cat([world.cond(prompts[pool[i][2]])[0][0] for i in pick])
+        with torch.no_grad():
+            with_concept = original.apply_model(x, sigma, c_crossattn=context)
+            without = original.apply_model(x, sigma, c_crossattn=empty.expand_as(context))
+            target_x0 = without - eta * (with_concept - without)
+        weight = ((sigma ** 2 + 1) / sigma ** 2).view(-1, 1, 1, 1)
+        loss = (weight * (trained.apply_model(x, sigma, c_crossattn=context) - target_x0) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    before = dict(original.diffusion_model.named_parameters())
+    return {f"diffusion_model.{n}": (p.detach() - before[n].detach()).float()
+            for n, p in trained.diffusion_model.named_parameters() if n in names}
+
+
+def _trajectory_points(world, prompts, per_prompt: int, seed: int) -> list:
+    """(x_t, sigma, prompt index) at every step of the original model's sampling of each prompt."""
+    points = []
+    sigmas = comfy.samplers.calculate_sigmas(world.model.get_model_object("model_sampling"), SCHEDULER,
+                                             SAMPLE_STEPS).float()
+    for pi, prompt in enumerate(prompts):
+        latent = torch.zeros((per_prompt, 48, 8, 8))
+        noise = comfy.sample.prepare_noise(latent, seed + pi)
+        seen = []
+        with torch.inference_mode():
+            comfy.sample.sample(world.model, noise, SAMPLE_STEPS, CFG, SAMPLER, SCHEDULER, world.cond(prompt),
+                                world.cond(""), latent, seed=seed + pi, disable_pbar=True,
+                                callback=lambda i, x0, x, total: seen.append((i, x.clone())))
+        for i, x in seen:
+            points += [(x[j].clone(), sigmas[i].clone(), pi) for j in range(per_prompt)]
+    return points
+
+
+def apply_deltas(model, deltas: dict, strength: float = 1.0):
+    """A clone of `model` with W += strength x dW for each key (ComfyUI 'diff' patches); `model` is untouched."""
+    patched = model.clone()
+    accepted = patched.add_patches({k: (d,) for k, d in deltas.items()}, strength)
+    if len(accepted) != len(deltas):
+        raise RuntimeError(f"ComfyUI refused {len(deltas) - len(accepted)} of the edit's patches")
+    return patched
+
+
+def random_deltas(deltas: dict, seed: int = 0) -> dict:
+    """The control for a dense edit: a random change of the same Frobenius norm in each of the same matrices."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, d in deltas.items():
+        r = torch.randn(d.shape, generator=g)
+        out[k] = r * (d.norm() / r.norm().clamp(min=1e-30))
+    return out

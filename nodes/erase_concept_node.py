@@ -1,0 +1,107 @@
+"""CAD Erase Concept: erase typed concepts and keep typed others, on the cross-attention K/V matrices a CAD
+attribution locates, solved in closed form (docs/method.md, section 6)."""
+from comfy_api.latest import io
+
+from ..cad_core import CADError
+from .bridge.edits import KV_REGEX, apply_edit, erase_concept
+from .cad_types import CadAttribution, CadEdit
+from .ui_text import bounded
+from .validation import check_numbers, require_numbers
+
+# The benchmark's chosen setting for the closed form on CAD-located matrices (benchmarks/results/erase_vs_peers.md)
+DEFAULT_OVERSHOOT, DEFAULT_TEXT_ROWS, DEFAULT_PRESERVE, DEFAULT_MASS_SHARE = 1.0, 77, 1.0, 0.95
+
+
+def prompt_lines(text) -> list[str]:
+    """One prompt per line; blank lines at the ends dropped, a blank line inside is the empty prompt."""
+    if not isinstance(text, str):
+        raise CADError(f"Prompts must be text, one per line; got {type(text).__name__}.")
+    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    return lines
+
+
+def paired_guides(erase: list[str], guide_text: str) -> list[str]:
+    """The guide of each erased prompt: none typed = the empty prompt for all, one line = that for all, else one
+    line per erased prompt (a blank line is the empty prompt: with exactly one line per erased prompt, a blank
+    last line counts too)."""
+    if not isinstance(guide_text, str):
+        raise CADError(f"guide must be text, one prompt per line; got {type(guide_text).__name__}.")
+    every_line = [line.strip() for line in guide_text.replace("\r\n", "\n").split("\n")]
+    if len(erase) > 1 and len(every_line) == len(erase):
+        return every_line
+    guides = prompt_lines(guide_text)
+    if not guides:
+        return [""] * len(erase)
+    if len(guides) == 1:
+        return guides * len(erase)
+    if len(guides) != len(erase):
+        raise CADError(f"guide has {len(guides)} lines but erase has {len(erase)}: give one guide line per erased "
+                       f"prompt, a single line for all of them, or leave guide empty (the empty prompt).")
+    return guides
+
+
+class CADEraseConcept(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CADEraseConcept", display_name="CAD Erase Concept", category="CAD",
+            description=("Erases the concepts you type and keeps the ones you list: on the cross-attention K/V "
+                         "matrices where the attribution says the concept lives, the weights are solved so that the "
+                         "erased prompts act like their guide and the kept prompts act as before. Returns an edited "
+                         "copy of the model; the input model is untouched."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to edit (the one the attribution was made on)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: it encodes the prompts below."),
+                CadAttribution.Input("attribution", tooltip=f"CAD Attribute of the concept with scope 'regex', "
+                                     f"scope_regex '{KV_REGEX}'."),
+                io.String.Input("erase", multiline=True, default="",
+                                tooltip="Prompts that show the concept, one per line, e.g. 'a cat'."),
+                io.String.Input("keep", multiline=True, default="",
+                                tooltip="Prompts to keep as they are, one per line, e.g. 'a dog'."),
+                io.String.Input("guide", multiline=True, default="", optional=True,
+                                tooltip="What each erased prompt should look like instead: one line each, one for "
+                                "all, or empty for the empty prompt."),
+                io.Float.Input("overshoot", default=DEFAULT_OVERSHOOT, min=0.0, max=4.0, step=0.05, optional=True,
+                               tooltip="How far past the guide to aim, away from the concept. 0 maps onto the guide."),
+                io.Float.Input("preserve", default=DEFAULT_PRESERVE, min=0.0, max=100.0, step=0.05, optional=True,
+                               tooltip="How strongly the kept prompts hold their outputs."),
+                io.Int.Input("text_rows", default=DEFAULT_TEXT_ROWS, min=1, max=4096, optional=True,
+                             tooltip="Token positions of each prompt used (77 = all of a CLIP prompt)."),
+                io.Float.Input("mass_share", default=DEFAULT_MASS_SHARE, min=0.01, max=1.0, step=0.01, optional=True,
+                               tooltip="Edit the fewest K/V matrices holding this share of the concept's positive "
+                               "CAD mass."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip="Scales the change: 1 is the solved edit, 0 changes nothing."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The edited model; sample it as usual."),
+                     CadEdit.Output(display_name="edit", tooltip="The weight change; connect to Save CAD Edit as "
+                                    "LoRA to keep it.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, overshoot=None, preserve=None, text_rows=None, mass_share=None, strength=None):
+        return check_numbers(cls, overshoot=overshoot, preserve=preserve, text_rows=text_rows, mass_share=mass_share,
+                             strength=strength)
+
+    @classmethod
+    def execute(cls, model, clip, attribution, erase, keep, guide="", overshoot=DEFAULT_OVERSHOOT,
+                preserve=DEFAULT_PRESERVE, text_rows=DEFAULT_TEXT_ROWS, mass_share=DEFAULT_MASS_SHARE,
+                strength=1.0) -> io.NodeOutput:
+        require_numbers(cls, overshoot=overshoot, preserve=preserve, text_rows=text_rows, mass_share=mass_share,
+                        strength=strength)
+        erased, kept = ([p for p in prompt_lines(text) if p] for text in (erase, keep))
+        if not erased:
+            raise CADError("erase is empty: type the prompts that show the concept to erase, one per line (e.g. "
+                           "'a cat').")
+        if not kept:
+            raise CADError("keep is empty: type at least one prompt to keep as it is (e.g. 'a dog'), one per line. "
+                           "Without one, nothing holds the rest of the model in place.")
+        edit = erase_concept(model, clip, attribution, erased, paired_guides(erased, guide or ""), kept,
+                             overshoot=overshoot, preserve=preserve, rows=text_rows, mass_share=mass_share)
+        text = edit.summary_text()
+        return io.NodeOutput(apply_edit(model, edit, strength), edit,
+                             ui=bounded({"cad_edit": [edit.summary()], "text": [text]}))
