@@ -14,7 +14,31 @@ from .ui_text import bounded
 LORAS = "loras"
 
 
-class CADSaveMaskAsLoRA(io.ComfyNode):
+def _prefix_input(default):
+    return io.String.Input("filename_prefix", default=default,
+                           tooltip="File name inside models/loras/; a counter and .safetensors are added.")
+
+
+def _lora_name_output():
+    return io.String.Output(display_name="lora_name", tooltip="The file's name as LoraLoader lists it.")
+
+
+def _save(tensors, filename_prefix, source, what) -> io.NodeOutput:
+    """Write `tensors` as a new LoRA file in models/loras/ and report it on the node."""
+    path = save_new_file(filename_prefix, lambda p: save_lora(tensors, p, source), folder=LORAS)
+    name = folder_relative(path, LORAS)
+    text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {what}, {os.path.getsize(path) / 2**20:,.1f} "
+            f"MiB. Load it with LoraLoaderModelOnly on the same model.")
+    return io.NodeOutput(name, ui=bounded({"cad_saved": [{"file": name, "folder": LORAS}], "text": [text]}))
+
+
+class _SaveAsLoRA(io.ComfyNode):
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        return True if filename_prefix is None else (prefix_problem(filename_prefix, LORAS) or True)
+
+
+class CADSaveMaskAsLoRA(_SaveAsLoRA):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -29,30 +53,18 @@ class CADSaveMaskAsLoRA(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model the mask was made for, with the LoRAs you will load "
                                "before this one (the file cancels the weights as this MODEL holds them)."),
                 CadMask.Input("mask", tooltip="From CAD Erase Mask, CAD Amplify Mask or Load CAD Mask."),
-                io.String.Input("filename_prefix", default="cad_erase",
-                                tooltip="File name inside models/loras/; a counter and .safetensors are added."),
+                _prefix_input("cad_erase"),
             ],
-            outputs=[io.String.Output(display_name="lora_name",
-                                      tooltip="The file's name as LoraLoader lists it.")],
+            outputs=[_lora_name_output()],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None):
-        return True if filename_prefix is None else (prefix_problem(filename_prefix, LORAS) or True)
-
-    @classmethod
     def execute(cls, model, mask, filename_prefix) -> io.NodeOutput:
-        tensors = lora_from_mask(model, mask)
-        path = save_new_file(filename_prefix, lambda p: save_lora(tensors, p, mask), folder=LORAS)
-        name = folder_relative(path, LORAS)
-        size = os.path.getsize(path)
-        text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {mask.count:,} masked weights, "
-                f"{size / 2**20:,.1f} MiB. Load it with LoraLoaderModelOnly on the same model.")
-        return io.NodeOutput(name, ui=bounded({"cad_saved": [{"file": name, "folder": LORAS}], "text": [text]}))
+        return _save(lora_from_mask(model, mask), filename_prefix, mask, f"{mask.count:,} masked weights")
 
 
-class CADSaveEditAsLoRA(io.ComfyNode):
+class CADSaveEditAsLoRA(_SaveAsLoRA):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -61,25 +73,11 @@ class CADSaveEditAsLoRA(io.ComfyNode):
                 "Writes the weight change of CAD Erase Concept as a LoRA file in models/loras/: one 'diff' per edited "
                 "matrix. Loaded with LoraLoaderModelOnly on the same checkpoint at strength_model s, it makes the "
                 "same change as CAD Erase Concept at strength s."),
-            inputs=[
-                CadEdit.Input("edit", tooltip="From CAD Erase Concept."),
-                io.String.Input("filename_prefix", default="cad_erase_concept",
-                                tooltip="File name inside models/loras/; a counter and .safetensors are added."),
-            ],
-            outputs=[io.String.Output(display_name="lora_name",
-                                      tooltip="The file's name as LoraLoader lists it.")],
+            inputs=[CadEdit.Input("edit", tooltip="From CAD Erase Concept."), _prefix_input("cad_erase_concept")],
+            outputs=[_lora_name_output()],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None):
-        return True if filename_prefix is None else (prefix_problem(filename_prefix, LORAS) or True)
-
-    @classmethod
     def execute(cls, edit, filename_prefix) -> io.NodeOutput:
-        tensors = edit_as_lora(edit)
-        path = save_new_file(filename_prefix, lambda p: save_lora(tensors, p, edit), folder=LORAS)
-        name = folder_relative(path, LORAS)
-        text = (f"saved models/{LORAS}/{name}: {len(tensors)} matrices, {edit.weights_changed:,} weights changed, "
-                f"{os.path.getsize(path) / 2**20:,.2f} MiB. Load it with LoraLoaderModelOnly on the same model.")
-        return io.NodeOutput(name, ui=bounded({"cad_saved": [{"file": name, "folder": LORAS}], "text": [text]}))
+        return _save(edit_as_lora(edit), filename_prefix, edit, f"{edit.weights_changed:,} weights changed")
