@@ -1,13 +1,16 @@
-"""A weight edit: dense changes dW for a few matrices of one model (what CAD Erase Concept makes), with the model's
+"""A weight edit: dense changes dW for a few weights of one model (what CAD Erase Concept makes), with the model's
 fingerprint and how it was made. Applied as W + strength x dW; saved as a LoRA file whose `diff` entries are dW,
-so any LoRA loader applies exactly the same change."""
+so any LoRA loader applies exactly the same change, and Load CAD Edit reads it back with the fingerprint check."""
+import json
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
 
 from .blocks import block_of, block_sort_key
-from .errors import CADError
+from .errors import CADError, CADFileError
+from .fingerprint import ModelFingerprints, require_same_model
 
 
 @dataclass
@@ -22,8 +25,6 @@ class WeightEdit:
         if not self.deltas:
             raise CADError("This edit changes no weights, so applying it would change nothing.")
         for key, d in self.deltas.items():
-            if d.ndim != 2:
-                raise CADError(f"Edit entry '{key}' must be a 2-D weight change, got shape {tuple(d.shape)}.")
             if not torch.isfinite(d).all():
                 raise CADError(f"Edit entry '{key}' holds NaN or inf values; the edit cannot be applied.")
 
@@ -46,8 +47,9 @@ class WeightEdit:
 
     def summary_text(self) -> str:
         s = self.summary()
-        lines = [f"CAD {s['mode']}: {s['weights_changed']:,} weights changed in {s['matrices']} matrices "
-                 f"(closed form, overshoot {self.meta.get('overshoot')}, preserve {self.meta.get('preserve')})."]
+        how = (f" (closed form, overshoot {self.meta['overshoot']}, preserve {self.meta.get('preserve')})"
+               if "overshoot" in self.meta else "")
+        lines = [f"CAD {s['mode']}: {s['weights_changed']:,} weights changed in {s['matrices']} matrices{how}."]
         if self.meta.get("erase"):
             lines.append(f"  erased: {', '.join(repr(p) for p in self.meta['erase'])}")
         if self.meta.get("keep"):
@@ -63,3 +65,42 @@ def edit_as_lora(edit: WeightEdit) -> dict[str, torch.Tensor]:
     from .export import lora_key
     edit.check_valid()
     return {lora_key(key): d.detach().to("cpu", torch.float32).contiguous() for key, d in edit.deltas.items()}
+
+
+def load_edit_lora(path: str, expected_fingerprint: "str | ModelFingerprints | None" = None) -> WeightEdit:
+    """A LoRA file the CAD Save ... as LoRA nodes wrote, as the edit it makes: each `x.diff` entry is dW for the
+    weight `x.weight`. Refused: a file without CAD's metadata (a LoRA from elsewhere: load it with a LoRA loader),
+    one made for another model (when `expected_fingerprint` is given), entries that are not `diff`s."""
+    from safetensors import safe_open
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise CADFileError(f"LoRA file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("cad.kind") != "lora" or not metadata.get("cad.fingerprint"):
+                raise CADFileError(f"{name} is not a LoRA written by a CAD node (no CAD metadata), so CAD cannot check "
+                                   f"which model it belongs to. Load it with LoraLoaderModelOnly instead.")
+            if expected_fingerprint is not None:
+                require_same_model(metadata["cad.fingerprint"], expected_fingerprint, name, "this model",
+                                   "Connect the model the edit was made for.", CADFileError)
+            deltas = {}
+            for key in f.keys():
+                if not key.endswith(".diff"):
+                    raise CADFileError(f"{name}: entry '{key}' is not a weight 'diff', the only kind CAD's LoRA files "
+                                       f"hold.")
+                deltas[key[: -len(".diff")] + ".weight"] = f.get_tensor(key).float()
+    except CADFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any parser failure means "not readable"
+        raise CADFileError(f"{name} is not a readable safetensors file (truncated or another format?): {e}") from None
+    try:
+        meta = json.loads(metadata.get("cad.mask_meta") or "{}")
+    except ValueError:
+        meta = {}
+    edit = WeightEdit(deltas, metadata["cad.fingerprint"], meta if isinstance(meta, dict) else {})
+    try:
+        edit.check_valid()
+    except CADError as e:
+        raise CADFileError(f"{name}: {e}") from None
+    return edit

@@ -1,15 +1,21 @@
 """Save CAD Mask as LoRA / Save CAD Edit as LoRA: an edit as a file that ComfyUI's own LoraLoader (and other UIs'
-loaders) apply."""
+loaders) apply; Load CAD Edit: such a file applied again with CAD's check that it belongs to the model."""
 import os
 
 from comfy_api.latest import io
 
-from ..cad_core.edit import edit_as_lora
+import folder_paths
+
+from ..cad_core import CADError
+from ..cad_core.edit import edit_as_lora, load_edit_lora
 from ..cad_core.export import save_lora
+from .bridge import model_fingerprints
+from .bridge.edits import apply_edit
 from .bridge.export import lora_from_mask
 from .cad_types import CadEdit, CadMask
 from .file_nodes import folder_relative, prefix_problem, save_new_file
 from .ui_text import bounded
+from .validation import check_choices, check_numbers, require_numbers
 
 LORAS = "loras"
 
@@ -81,3 +87,43 @@ class CADSaveEditAsLoRA(_SaveAsLoRA):
     @classmethod
     def execute(cls, edit, filename_prefix) -> io.NodeOutput:
         return _save(edit_as_lora(edit), filename_prefix, edit, f"{edit.weights_changed:,} weights changed")
+
+
+class CADLoadEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CADLoadEdit", display_name="Load CAD Edit", category="CAD/files",
+            description=(
+                "Applies a LoRA file that Save CAD Edit as LoRA (or Save CAD Mask as LoRA) wrote, to a copy of the "
+                "model, after checking that the file was made for this model. The input model is untouched."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the edit was made for (checked by fingerprint)."),
+                io.Combo.Input("lora_name", options=folder_paths.get_filename_list(LORAS),
+                               tooltip="A LoRA file in models/loras/ written by a CAD Save ... as LoRA node."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="Scales the change: 1 is the saved edit, 0 changes nothing."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The edited model; sample it as usual."),
+                     CadEdit.Output(display_name="edit", tooltip="The loaded weight change.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lora_name, strength=None):
+        problem = check_choices(lora_name=(lora_name, folder_paths.get_filename_list(LORAS)))
+        return problem if problem is not True else check_numbers(cls, strength=strength)
+
+    @classmethod
+    def fingerprint_inputs(cls, lora_name, **kwargs):
+        path = folder_paths.get_full_path(LORAS, lora_name)
+        return os.path.getmtime(path) if path else lora_name
+
+    @classmethod
+    def execute(cls, model, lora_name, strength) -> io.NodeOutput:
+        require_numbers(cls, strength=strength)
+        path = folder_paths.get_full_path(LORAS, lora_name)
+        if path is None:
+            raise CADError(f"'{lora_name}' is not in models/{LORAS}/. Put the file there and refresh (press R).")
+        edit = load_edit_lora(path, model_fingerprints(model))
+        return io.NodeOutput(apply_edit(model, edit, strength), edit,
+                             ui=bounded({"cad_edit": [edit.summary()], "text": [edit.summary_text()]}))

@@ -151,3 +151,37 @@ def test_the_node_ships_the_setting_the_benchmark_chose_on_validation():
     inputs = CADEraseConcept.INPUT_TYPES()["optional"]
     assert inputs["overshoot"][1]["default"] == node.DEFAULT_OVERSHOOT
     assert inputs["text_rows"][1]["default"] == node.DEFAULT_TEXT_ROWS
+
+
+def test_load_cad_edit_applies_a_saved_edit_to_its_model_only(tmp_path, monkeypatch):
+    import folder_paths
+    import safetensors.torch
+    from cad_pack.cad_core import select_components
+    from cad_pack.nodes.bridge import apply_mask
+    from cad_pack.nodes.export_node import CADLoadEdit, CADSaveEditAsLoRA, CADSaveMaskAsLoRA
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors"}))
+    mp = build("sd15", seed=7)
+    attribution = kv_attribution(mp, "sd15")
+    patched, edit = erase(mp, attribution, strength=0.5)
+    name = CADSaveEditAsLoRA.execute(edit=edit, filename_prefix="cat").args[0]
+    with torch.inference_mode():
+        loaded, loaded_edit = CADLoadEdit.execute(model=mp, lora_name=name, strength=0.5).args[:2]
+    assert set(loaded_edit.deltas) == set(edit.deltas) and loaded_edit.meta["erase"] == ["a cat"]
+    for key in edit.deltas:
+        assert torch.equal(loaded_weight(loaded, key), loaded_weight(patched, key)), key
+    with pytest.raises(CADError, match="made for another model"), torch.inference_mode():
+        CADLoadEdit.execute(model=build("sd15", seed=8), lora_name=name, strength=1.0)
+    # a mask's LoRA loads too: the same weights as Apply CAD Mask
+    mask = select_components(attribution, "erase", 0.05, "per_matrix")
+    mask_file = CADSaveMaskAsLoRA.execute(model=mp, mask=mask, filename_prefix="mask").args[0]
+    with torch.inference_mode():
+        from_file = CADLoadEdit.execute(model=mp, lora_name=mask_file, strength=1.0).args[0]
+        applied = apply_mask(mp, mask, 1.0)
+    for key, idx in mask.indices.items():
+        if idx.numel():
+            assert torch.equal(loaded_weight(from_file, key), loaded_weight(applied, key)), key
+    # a LoRA from elsewhere has no CAD fingerprint: refused, not applied unchecked
+    safetensors.torch.save_file({k.replace(".weight", ".diff"): d for k, d in edit.deltas.items()},
+                                str(tmp_path / "other.safetensors"))
+    with pytest.raises(CADError, match="not a LoRA written by a CAD node"), torch.inference_mode():
+        CADLoadEdit.execute(model=mp, lora_name="other.safetensors", strength=1.0)

@@ -11,7 +11,7 @@ const MAX_CHART_WIDTH = 640;
 const CAD_NODES = new Set([
   "CADAttribute", "CADSumAttributions", "CADEraseMask", "CADAmplifyMask", "CADCombineMasks", "CADAttributionMap",
   "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask", "CADSaveMaskAsLoRA", "CADEraseConcept",
-  "CADSaveEditAsLoRA",
+  "CADSaveEditAsLoRA", "CADLoadEdit",
 ]);
 
 // One DOM widget per node, created on the first execution and refilled on every later one.
