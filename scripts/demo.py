@@ -28,7 +28,7 @@ from workflow_format import ui_to_api  # noqa: E402
 OUT_DIR = os.path.join(REPO, "output", "demo")
 UI_FILE = workflow_path(DEMO_NAME)
 # The nodes whose summaries the report quotes, and which mask makes a branch (an unmasked model: "original").
-SUMMARY_TYPES = ("CADAttribute", "CADEraseMask", "CADAmplifyMask")
+SUMMARY_TYPES = ("CADAttribute", "CADEraseConcept", "CADEraseMask", "CADAmplifyMask")
 BRANCH_OF_MASK = {"CADEraseMask": "erase", "CADAmplifyMask": "amplify"}
 
 
@@ -52,8 +52,10 @@ def prompt_text(graph: dict, node_id: str, conditioning: str = "positive") -> st
 
 
 def branch_of(graph: dict, save_id: str) -> str:
-    """The branch a Save Image shows: which mask the model of its KSampler (through a VAE Decode) carries."""
+    """The branch a Save Image shows: which edit the model of its KSampler (through a VAE Decode) carries."""
     model = upstream(graph, upstream(graph, upstream(graph, save_id, "images"), "samples"), "model")
+    if graph[model]["class_type"] == "CADEraseConcept":
+        return "erase_concept"
     if graph[model]["class_type"] != "ApplyCADMask":
         return "original"
     return BRANCH_OF_MASK[graph[upstream(graph, model, "mask")]["class_type"]]
@@ -87,7 +89,8 @@ def make_grid(cells, prompts, target, scale=2, label_w=130, label_h=22):
     grid = Image.new("RGB", (label_w + col_w * len(BRANCHES), label_h + h * len(prompts)), "white")
     draw = ImageDraw.Draw(grid)
     for b, branch in enumerate(BRANCHES):
-        title = {"original": "original", "erase": f"CAD-Erase '{target}'", "amplify": "CAD-Amplify (after erase)"}[branch]
+        title = {"original": "original", "erase_concept": f"CAD Erase Concept '{target}'",
+                 "erase": f"CAD Erase Mask '{target}'", "amplify": "CAD-Amplify (after the mask)"}[branch]
         draw.text((label_w + b * col_w + 4, 5), title, fill="black")
     for p, prompt in enumerate(prompts):
         draw.text((6, label_h + p * h + h // 2 - 6), prompt, fill="black")

@@ -28,14 +28,16 @@ LORA_FILE = LORA_PREFIX + "_00001_.safetensors"
 # The demo: erase the target, amplify it back, each prompt sampled with every branch's model and saved.
 DEMO_NAME = "cad_demo_erase_amplify"
 DEMO_PROMPTS = ("a red cross", "a blue cross", "a green circle", "a yellow triangle")
-DEMO_BRANCHES = ("original", "erase", "amplify")
+DEMO_BRANCHES = ("original", "erase_concept", "erase", "amplify")
 DEMO_AMPLIFY_RATIO = 0.05
-DEMO_NOTE = (f"# CAD demo: erase, then amplify back\nCAD Attribute (erase) scores the toy model's feed-forward "
-             f"weights for 'a {TARGET}' against the empty prompt; CAD Erase Mask + Apply CAD Mask remove the top "
-             f"{ERASE_RATIO:.0%} per row. CAD Attribute (amplify) then measures, on the erased model, how well it "
-             f"denoises pictures of a {TARGET} drawn by the original model; ablating the most negative components "
-             f"brings the shape back. Each prompt is sampled with the original, erased and amplified models "
-             f"(`make demo` scores every image).")
+DEMO_NOTE = (f"# CAD demo: erase one shape two ways, then amplify back\nCAD Erase Concept erases the typed "
+             f"'a <colour> {TARGET}' prompts and keeps the other shapes' prompts, on the cross-attention K/V matrices "
+             f"where CAD Attribute (K/V) locates 'a {TARGET}': the pack's selective erase. CAD Attribute (erase) "
+             f"scores the feed-forward weights for 'a {TARGET}' against the empty prompt; CAD Erase Mask + Apply CAD "
+             f"Mask zero the top {ERASE_RATIO:.0%} per row (the paper's ablation). CAD Attribute (amplify) then "
+             f"measures, on that zeroed model, how well it denoises pictures of a {TARGET} drawn by the original "
+             f"model; ablating the most negative components brings the shape back. Each prompt is sampled with every "
+             f"model (`make demo` scores every image).")
 
 
 @dataclass
@@ -188,6 +190,15 @@ def amplify_a_concept():
     return Example("cad_2_amplify_a_concept", g.graph, note, rows)
 
 
+def typed_prompts(target):
+    """CAD Erase Concept's typed prompts for erasing a shape of the toy world: 'a <colour> <shape>' guided to
+    'a <colour>' and 'a <shape>' to the empty prompt (the guide's blank last line), every other shape kept."""
+    kept = [s for s in SHAPE_NAMES if s != target]
+    return {"erase": "\n".join([*(f"a {c} {target}" for c in COLOUR_NAMES), f"a {target}"]),
+            "guide": "\n".join([*(f"a {c}" for c in COLOUR_NAMES), ""]),
+            "keep": "\n".join([*(f"a {c} {s}" for s in kept for c in COLOUR_NAMES), *(f"a {s}" for s in kept)])}
+
+
 def erase_while_protecting():
     """The common job in one short graph: type what to erase and what to keep."""
     g = GraphBuilder()
@@ -199,14 +210,8 @@ def erase_while_protecting():
     concept = _concept(g, 4, clip, f"a {SELECTIVE_TARGET}")
     attribution = _attribute(g, 5, model, concept, empty, latent, f"CAD Attribute: where 'a {SELECTIVE_TARGET}' "
                              f"lives (cross-attention K/V)", samples=1, scope="regex", scope_regex=KV_REGEX)
-    kept = [s for s in SHAPE_NAMES if s != SELECTIVE_TARGET]
     erased = g.add(6, "CADEraseConcept", f"CAD Erase Concept: {SELECTIVE_TARGET}", model=model, clip=clip,
-                   attribution=attribution,
-                   # the last erased prompt, 'a square', goes to the empty prompt: the guide's blank last line
-                   erase="\n".join([*(f"a {c} {SELECTIVE_TARGET}" for c in COLOUR_NAMES), f"a {SELECTIVE_TARGET}"]),
-                   guide="\n".join([*(f"a {c}" for c in COLOUR_NAMES), ""]),
-                   keep="\n".join([*(f"a {c} {s}" for s in kept for c in COLOUR_NAMES), *(f"a {s}" for s in kept)]),
-                   overshoot=1.0, preserve=1.0, text_rows=77, mass_share=0.95, strength=1.0)
+                   attribution=attribution, **typed_prompts(SELECTIVE_TARGET), overshoot=1.0, preserve=1.0, text_rows=77, mass_share=0.95, strength=1.0)
     rows = []
     for nid, cond, text, role in ((7, concept, f"a {SELECTIVE_TARGET}", "erased"), (10, None, "a circle", "kept")):
         cond = cond or g.add(nid + 3, "CLIPTextEncode", f"prompt: {text}", text=text, clip=clip)
@@ -276,9 +281,10 @@ def load_lora():
 
 
 def demo_graph(target=TARGET, prompts=DEMO_PROMPTS, erase_ratio=ERASE_RATIO, amplify_ratio=DEMO_AMPLIFY_RATIO):
-    """`make demo`'s API graph and its Save Image nodes, {(prompt, branch): id}: erase the target ('a <target>'
-    against the empty prompt), then amplify it back on the erased model from the likelihood of the original
-    model's pictures of it; every prompt sampled with each branch's model (DEMO_BRANCHES) and saved."""
+    """`make demo`'s API graph and its Save Image nodes, {(prompt, branch): id}: erase the target with CAD Erase
+    Concept (typed prompts, the other shapes kept) and by zeroing ('a <target>' against the empty prompt), then
+    amplify it back on the zeroed model from the likelihood of the original model's pictures of it; every prompt
+    sampled with each branch's model (DEMO_BRANCHES) and saved."""
     g = GraphBuilder()
     model, clip, vae, empty, one, many = _toy_model(g, latent_ids=(4, 5))
     concept = _concept(g, 3, clip, f"a {target}")
@@ -290,9 +296,14 @@ def demo_graph(target=TARGET, prompts=DEMO_PROMPTS, erase_ratio=ERASE_RATIO, amp
                      samples=IMAGES, concept_latent=pictures)
     _, amplified = _mask_and_apply(g, 22, "CADAmplifyMask", erased, lik, amplify_ratio, "CAD Amplify Mask",
                                    "Apply CAD Mask (amplify)")
-    models = dict(zip(DEMO_BRANCHES, (model, erased, amplified)))
+    located = _attribute(g, 30, model, concept, empty, one, f"CAD Attribute (K/V): where 'a {target}' lives",
+                         samples=1, scope="regex", scope_regex=KV_REGEX)
+    concept_erased = g.add(31, "CADEraseConcept", f"CAD Erase Concept: {target}", model=model, clip=clip,
+                           attribution=located, **typed_prompts(target),
+                           overshoot=1.0, preserve=1.0, text_rows=77, mass_share=0.95, strength=1.0)
+    models = dict(zip(DEMO_BRANCHES, (model, concept_erased, erased, amplified)))
     rows = _compare(g, 100, [(branch, models[branch]) for branch in DEMO_BRANCHES], prompts, clip, empty, many, vae,
-                    stride=10, prompt_title="{}", save_folder="cad_demo")
+                    stride=13, prompt_title="{}", save_folder="cad_demo")
     cells = [(text, branch) for text in prompts for branch in DEMO_BRANCHES]  # the order _compare adds them in
     return g.graph, {cell: nid for cell, (_, nid) in zip(cells, rows)}
 
