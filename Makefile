@@ -9,7 +9,8 @@ PY := .venv/bin/python
 COMFYUI_033 := $(or $(USER_COMFYUI_PATH),$(CURDIR)/.comfyui/ComfyUI-0.33.0)
 PY_033 := .venv-comfyui-0.33/bin/python
 
-.PHONY: setup setup-0.33 setup-browser test test-browser test-0.33 test-browser-0.33 test-matrix demo bench \
+.PHONY: setup setup-0.33 setup-browser test test-slow test-browser test-0.33 test-slow-0.33 test-browser-0.33 \
+	test-matrix demo bench \
 	bench-gpu bench-gpu-flux gpu-compat efficacy selective-erase erase-vs-peers examples bench-bank
 
 setup:
@@ -18,12 +19,20 @@ setup:
 setup-0.33:
 	COMFYUI_PATH=$(COMFYUI_033) bash scripts/setup_env.sh 0.33.0
 
+# Every test but the slow ones (marked `slow`: the benchmark scripts run end to end, the toy world's efficacy checks)
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
 
-# The same suite on ComfyUI 0.33.0 (frontend 1.49.6, comfy-kitchen, comfy-aimdo), its own virtual environment
+# The slow tests (~9 min on 2 cores): CI runs them on both legs
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
+
+# The same suites on ComfyUI 0.33.0 (frontend 1.49.6, comfy-kitchen, comfy-aimdo), its own virtual environment
 test-0.33: setup-0.33
-	COMFYUI_PATH=$(COMFYUI_033) $(PY_033) -m pytest -q tests
+	COMFYUI_PATH=$(COMFYUI_033) $(PY_033) -m pytest -q -m "not slow" tests
+
+test-slow-0.33: setup-0.33
+	COMFYUI_PATH=$(COMFYUI_033) $(PY_033) -m pytest -q -m slow tests
 
 setup-browser:
 	bash scripts/setup_browser.sh
@@ -38,7 +47,7 @@ test-browser-0.33: setup-0.33 setup-browser
 	COMFYUI_PATH=$(COMFYUI_033) $(PY_033) -m pytest -q --browser tests/browser
 
 # Both legs, every suite: what .ci/run runs
-test-matrix: test test-browser test-0.33 test-browser-0.33
+test-matrix: test test-slow test-browser test-0.33 test-slow-0.33 test-browser-0.33
 
 # Rewrite example_workflows/*.json and, by running each one, their .jpg thumbnails
 examples: setup

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import COMFYUI_PATH, REPO
+
+pytestmark = pytest.mark.slow   # make test-slow: each runs a benchmark script end to end
 
 
 def run_script(tmp_path, *args):

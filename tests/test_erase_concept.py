@@ -88,6 +88,7 @@ def test_the_edit_stacks_on_a_lora_and_its_lora_file_gives_the_same_weights(tmp_
         assert torch.equal(loaded_weight(loaded, k), loaded_weight(plain, k)), k
 
 
+@pytest.mark.slow
 def test_the_toy_world_loses_the_typed_shape_and_keeps_the_others():
     """Typed prompts and the node's defaults on the CAD Demo Model: 'square' erased (its four colours, guided to
     the colour alone), the other shapes listed under keep; attribution 'a square' against '' on K/V, seed 0;

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import COMFYUI_PATH, REPO
+
+pytestmark = pytest.mark.slow   # make test-slow: each runs a benchmark script end to end
 
 
 def test_family_cost_script_builds_every_row(tmp_path):

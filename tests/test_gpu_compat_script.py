@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import COMFYUI_PATH, REPO
 
 import cross_version as X
+
+pytestmark = pytest.mark.slow   # make test-slow: each runs a benchmark script end to end
 
 
 def test_gpu_compat_script_passes_on_the_cpu(tmp_path):

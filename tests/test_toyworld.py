@@ -57,6 +57,7 @@ def test_scorers_are_accurate_on_clean_images():
     assert accuracy["shape"] >= 0.98 and accuracy["colour"] >= 0.98
 
 
+@pytest.mark.slow
 def test_erasing_a_shape_works_beats_a_random_control_and_spares_another_shape():
     """A fast version of benchmarks/efficacy.py on fixed seeds: CAD-Erase of 'cross' (concept_gap,
     'a cross' against '', ff scope, per_row 0.1) must cut the cross's accuracy by at least 0.6 while the
@@ -78,6 +79,7 @@ def test_erasing_a_shape_works_beats_a_random_control_and_spares_another_shape()
     assert before - control <= 0.25, (before, control)
 
 
+@pytest.mark.slow
 def test_protect_subtract_on_cross_attention_erases_the_circle_and_keeps_the_other_shapes():
     """The selective erase of benchmarks/selective_erase.py (attribution seed 0), through CAD Erase Mask itself: the
     circle attributed on the cross-attention K/V weights ('a circle' against ''), the three other shapes wired into
@@ -112,6 +114,7 @@ def test_protect_subtract_on_cross_attention_erases_the_circle_and_keeps_the_oth
     assert others_kept_unprotected <= 0.7, others_kept_unprotected
 
 
+@pytest.mark.slow
 def test_amplify_from_concept_gap_raises_a_weakly_drawn_shape_at_cfg_1():
     """The amplify section of benchmarks/selective_erase.py through CAD Amplify Mask itself: without guidance
     (CFG 1) the model draws the circle weakly; the circle's concept_gap attribution ('a circle' against '', ff,
