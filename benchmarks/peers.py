@@ -20,7 +20,9 @@ import comfy.sample
 import comfy.samplers
 
 from cad_pack.cad_core.closed_form import closed_form_edit
-from cad_pack.nodes.bridge import original_weight, patchable_weights
+from cad_pack.cad_core.edit import WeightEdit
+from cad_pack.nodes.bridge import fingerprint_of, original_weight, patchable_weights
+from cad_pack.nodes.bridge.edits import apply_edit
 from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER
 from toyworld.world import COLOUR_NAMES, SHAPES, caption
 
@@ -128,12 +130,9 @@ def _trajectory_points(world, prompts, per_prompt: int, seed: int) -> list:
 
 
 def apply_deltas(model, deltas: dict, strength: float = 1.0):
-    """A clone of `model` with W += strength x dW for each key (ComfyUI 'diff' patches); `model` is untouched."""
-    patched = model.clone()
-    accepted = patched.add_patches({k: (d,) for k, d in deltas.items()}, strength)
-    if len(accepted) != len(deltas):
-        raise RuntimeError(f"ComfyUI refused {len(deltas) - len(accepted)} of the edit's patches")
-    return patched
+    """A clone of `model` with W += strength x dW for each key, through the pack's own path (CAD Erase Concept's
+    apply_edit: ComfyUI 'diff' patches); `model` is untouched."""
+    return apply_edit(model, WeightEdit(deltas, fingerprint_of(model)), strength)
 
 
 def random_deltas(deltas: dict, seed: int = 0) -> dict:

@@ -24,12 +24,12 @@ def text_rows(clip, prompts, rows: int) -> torch.Tensor:
 
 def text_kv_keys(model, width: int) -> list[str]:
     """The cross-attention K and V weights that read the text encoder's rows (input width `width`), model order."""
-    keys = [k for k, shape in patchable_weights(model) if k.endswith(KV_SUFFIXES) and len(shape) == 2]
+    shapes = dict(patchable_weights(model))
+    keys = [k for k, shape in shapes.items() if k.endswith(KV_SUFFIXES) and len(shape) == 2]
     if not keys:
         raise CADError("This model has no cross-attention K/V weights that read the prompt (attn2.to_k / to_v), so "
                        "there is nothing for CAD Erase Concept to solve. It works on UNet models such as SD1.5 and "
                        "SDXL; for other models use CAD Erase Mask with Apply CAD Mask.")
-    shapes = dict(patchable_weights(model))
     fitting = [k for k in keys if shapes[k][1] == width]
     if not fitting:
         raise CADError(f"The CLIP gives rows of width {width}, but this model's cross-attention reads width "
