@@ -216,6 +216,13 @@ def machine(cuda: bool = False) -> dict:
     return info
 
 
+def machine_line(threads: int) -> str:
+    """The machine a toy-world table was measured on, in one line for its header."""
+    import torch
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{threads} torch thread(s)")
+
+
 def table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -18,7 +18,6 @@ shape's positive CAD mass). Writes benchmarks/results/erase_vs_peers.json and th
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from toyworld.comfy_env import import_pack  # noqa: E402
 
 import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before anything imports from them
 import peers  # noqa: E402
-from _common import PeakRSS, table  # noqa: E402
+from _common import PeakRSS, machine_line, table  # noqa: E402
 from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER, ToyWorld, edited, matched_control  # noqa: E402
 from toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
 
@@ -251,7 +250,7 @@ class Run:
             self.write()
 
     def write(self):
-        data = {"settings": {k: v for k, v in vars(self.a).items()}, "machine": machine_text(self.a),
+        data = {"settings": {k: v for k, v in vars(self.a).items()}, "machine": machine_line(self.a.threads),
                 "grids": {m: GRIDS[m] for m in self.a.methods}, "descriptions": DESCRIPTIONS,
                 "located_mass_share": LOCATED_MASS_SHARE, "before": self.before, "chosen": self.chosen,
                 "rows": self.rows, "seconds": time.time() - self.started}
@@ -280,11 +279,6 @@ def choose(rows, method) -> dict:
               for key, rs in by_setting.items()]
     best = max(s[0] for s in scored)
     return json.loads(min((s for s in scored if s[0] >= best - TIE), key=lambda s: s[1])[2])
-
-
-def machine_text(a) -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{a.threads} torch thread(s)")
 
 
 def judge(test_rows) -> dict:

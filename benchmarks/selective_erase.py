@@ -14,7 +14,6 @@ benchmarks/results/selective_erase.md and .json.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -24,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
+from _common import machine_line  # noqa: E402
 from toyworld.comfy_env import import_pack  # noqa: E402
 
 import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before anything imports from them
@@ -363,18 +363,13 @@ def write_report(run, quiet=False):
     """The run's JSON (settings, unedited accuracies, rows, time, machine), then the Markdown rendered from it."""
     for rows in run.rows.values():
         judge(rows)
-    data = {"settings": dict(vars(run.a)), "machine": machine_text(run.a), "before": run.before.by_shape(),
+    data = {"settings": dict(vars(run.a)), "machine": machine_line(run.a.threads), "before": run.before.by_shape(),
             "before_cfg1": run.before_cfg1.by_shape() if run.before_cfg1 else None, "rows": run.rows,
             "seconds": time.time() - run.started}
     os.makedirs(os.path.dirname(run.a.out), exist_ok=True)
     with open(os.path.splitext(run.a.out)[0] + ".json", "w") as f:
         json.dump(data, f, indent=1)
     render(data, run.a.out, quiet)
-
-
-def machine_text(a) -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{a.threads} torch thread(s)")
 
 
 def render(data, out, quiet=True):
@@ -387,7 +382,7 @@ def render(data, out, quiet=True):
     other = "context" if a.contrast == "empty" else "empty"
     lines = [
         "# Selective erase on the toy world", "",
-        f"Machine: {data.get('machine') or machine_text(a)}. Weights: {os.path.basename(a.weights)}. Run time "
+        f"Machine: {data.get('machine') or machine_line(a.threads)}. Weights: {os.path.basename(a.weights)}. Run time "
         f"{data['seconds'] / 60:.1f} min.", "",
         f"- Pictures: {a.per_colour} per 'a <colour> <shape>' prompt ({n} per shape, {a.per_colour * len(SHAPES)} "
         f"per colour), {SAMPLER}/{SCHEDULER}, {SAMPLE_STEPS} steps, CFG {CFG:g} (the amplify section: CFG 1).",

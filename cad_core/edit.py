@@ -1,7 +1,6 @@
 """A weight edit: dense changes dW for a few weights of one model (what CAD Erase Concept makes), with the model's
 fingerprint and how it was made. Applied as W + strength x dW; saved as a LoRA file whose `diff` entries are dW,
 so any LoRA loader applies exactly the same change, and Load CAD Edit reads it back with the fingerprint check."""
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -10,7 +9,9 @@ import torch
 
 from .blocks import block_of, block_sort_key
 from .errors import CADError, CADFileError
+from .export import lora_key
 from .fingerprint import ModelFingerprints, require_same_model
+from .serialization import _reason, _strict_json
 
 
 @dataclass
@@ -62,7 +63,6 @@ class WeightEdit:
 def edit_as_lora(edit: WeightEdit) -> dict[str, torch.Tensor]:
     """LoRA tensors that make the same change: one `diff` entry (dW, fp32) per edited matrix. A LoRA loader adds
     strength x diff, as applying the edit at that strength does."""
-    from .export import lora_key
     edit.check_valid()
     return {lora_key(key): d.detach().to("cpu", torch.float32).contiguous() for key, d in edit.deltas.items()}
 
@@ -93,9 +93,10 @@ def load_edit_lora(path: str, expected_fingerprint: "str | ModelFingerprints | N
     except CADFileError:
         raise
     except Exception as e:  # noqa: BLE001 - untrusted bytes: any parser failure means "not readable"
-        raise CADFileError(f"{name} is not a readable safetensors file (truncated or another format?): {e}") from None
-    try:
-        meta = json.loads(metadata.get("cad.mask_meta") or "{}")
+        raise CADFileError(f"{name} is not a readable safetensors file (truncated or another format?): "
+                           f"{_reason(e)}") from None
+    try:   # written cut at 64 KiB, so a long record may not parse: the edit itself does not need it
+        meta = _strict_json(metadata.get("cad.mask_meta") or "{}")
     except ValueError:
         meta = {}
     edit = WeightEdit(deltas, metadata["cad.fingerprint"], meta if isinstance(meta, dict) else {})

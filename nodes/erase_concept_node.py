@@ -12,28 +12,29 @@ from .validation import check_numbers, require_numbers
 DEFAULT_OVERSHOOT, DEFAULT_TEXT_ROWS, DEFAULT_PRESERVE, DEFAULT_MASS_SHARE = 1.0, 77, 1.0, 0.95
 
 
-def prompt_lines(text) -> list[str]:
-    """One prompt per line; blank lines at the ends dropped, a blank line inside is the empty prompt."""
+def _lines(text, name: str) -> list[str]:
+    """Every line of a prompt input, stripped (blank ones too)."""
     if not isinstance(text, str):
-        raise CADError(f"Prompts must be text, one per line; got {type(text).__name__}.")
-    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    while lines and not lines[0]:
-        lines.pop(0)
-    return lines
+        raise CADError(f"{name} must be text, one prompt per line; got {type(text).__name__}.")
+    return [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
+
+
+def prompt_lines(text, name: str) -> list[str]:
+    """The prompts of `erase` or `keep`: one per line, blank lines skipped."""
+    return [line for line in _lines(text, name) if line]
 
 
 def paired_guides(erase: list[str], guide_text: str) -> list[str]:
     """The guide of each erased prompt: none typed = the empty prompt for all, one line = that for all, else one
     line per erased prompt (a blank line is the empty prompt: with exactly one line per erased prompt, a blank
-    last line counts too)."""
-    if not isinstance(guide_text, str):
-        raise CADError(f"guide must be text, one prompt per line; got {type(guide_text).__name__}.")
-    every_line = [line.strip() for line in guide_text.replace("\r\n", "\n").split("\n")]
-    if len(erase) > 1 and len(every_line) == len(erase):
-        return every_line
-    guides = prompt_lines(guide_text)
+    last line counts too; otherwise blank lines at the ends are dropped)."""
+    guides = _lines(guide_text, "guide")
+    if len(erase) > 1 and len(guides) == len(erase):
+        return guides
+    while guides and not guides[-1]:
+        guides.pop()
+    while guides and not guides[0]:
+        guides.pop(0)
     if not guides:
         return [""] * len(erase)
     if len(guides) == 1:
@@ -93,7 +94,7 @@ class CADEraseConcept(io.ComfyNode):
                 strength=1.0) -> io.NodeOutput:
         require_numbers(cls, overshoot=overshoot, preserve=preserve, text_rows=text_rows, mass_share=mass_share,
                         strength=strength)
-        erased, kept = ([p for p in prompt_lines(text) if p] for text in (erase, keep))
+        erased, kept = prompt_lines(erase, "erase"), prompt_lines(keep, "keep")
         if not erased:
             raise CADError("erase is empty: type the prompts that show the concept to erase, one per line (e.g. "
                            "'a cat').")
