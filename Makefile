@@ -51,23 +51,23 @@ test-matrix: test test-slow test-browser test-0.33 test-slow-0.33 test-browser-0
 
 # Rewrite example_workflows/*.json and, by running each one, their .jpg thumbnails
 examples: setup
-	$(PY) scripts/make_example_workflows.py --thumbnails
+	$(PY) -m scripts.make_example_workflows --thumbnails
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 # Every CPU figure the README's performance section quotes (~25 min on 2 cores), into benchmarks/results/:
 # attribution cost on the full-size SD1.5 UNet (attribution_cost_cpu.md), gradient checkpointing at 64 and 512 px
 # (checkpointing_cost_cpu.md), sampling with a mask and the LoRA file size (apply_cost_cpu.md), fewer timesteps on
 # the toy world (steps_study.md), fingerprint cost (fingerprint_cost_cpu.md), full-size family costs (family_cost.md)
 bench: setup
-	$(PY) benchmarks/attribution_cost.py
-	$(PY) benchmarks/checkpointing_cost.py
-	$(PY) benchmarks/memory_budget.py
-	$(PY) benchmarks/apply_cost.py
-	$(PY) benchmarks/steps_study.py
-	$(PY) benchmarks/fingerprint_cost.py
-	$(PY) benchmarks/family_cost.py
+	$(PY) -m benchmarks.attribution_cost
+	$(PY) -m benchmarks.checkpointing_cost
+	$(PY) -m benchmarks.memory_budget
+	$(PY) -m benchmarks.apply_cost
+	$(PY) -m benchmarks.steps_study
+	$(PY) -m benchmarks.fingerprint_cost
+	$(PY) -m benchmarks.family_cost
 
 # The same at 512/1024 px, fp16, T=50 on a CUDA GPU (~10 min on an H100): benchmarks/results/gpu_check_*.md
 bench-gpu: setup
@@ -79,23 +79,23 @@ bench-gpu-flux: setup
 
 # The toy world's efficacy table (erase/amplify with controls, faithfulness): benchmarks/results/efficacy.md
 efficacy: setup
-	$(PY) benchmarks/efficacy.py
+	$(PY) -m benchmarks.efficacy
 
 # Erase one concept and keep the rest (toy world, ~30 min): one shape, a colour, two shapes, amplifying weak shapes
 # at CFG 1, with controls and the distance of the spared pictures: benchmarks/results/selective_erase.md
 selective-erase: setup
-	$(PY) benchmarks/selective_erase.py
+	$(PY) -m benchmarks.selective_erase
 
 # Erase one shape: CAD beside UCE and ESD-x (benchmarks/peers.py), six settings per method tuned on a validation
 # split, reported on a test split (~35 min on 2 cores): benchmarks/results/erase_vs_peers.md
 erase-vs-peers: setup
-	$(PY) benchmarks/erase_vs_peers.py --threads 2
+	$(PY) -m benchmarks.erase_vs_peers --threads 2
 
 # On a CUDA GPU: CAD Attribute's alpha = plain autograd, exact masks, untouched originals, on both ComfyUI legs
 # under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md
 gpu-compat: setup setup-0.33
-	$(PY) benchmarks/gpu_compat.py
+	$(PY) -m benchmarks.gpu_compat
 
 # Concept bank throughput on the CAD Demo Model with 1 and 2 local servers (~1 min): benchmarks/results/concept_bank_cpu.md
 bench-bank: setup
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/concept_bank_throughput.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m benchmarks.concept_bank_throughput

@@ -1,4 +1,4 @@
-"""Shared set-up for the benchmarks: ComfyUI on sys.path, the pack importable as `cad_pack`, full-size
+"""Shared set-up for the benchmarks: ComfyUI importable, the pack importable as `cad_pack`, full-size
 random-weight UNets built from ComfyUI's own classes, conditioning, timers and memory probes.
 
 Weights are random (N(0, 1/fan_in), norms 1, biases 0: activations stay O(1) in fp16 too); cost does not
@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts.pack_bootstrap import REPO, comfyui_root, import_pack
+
 # CAD_BENCH_RESULTS: another folder for the tables (the tests run the scripts there on reduced models)
 RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(REPO, "benchmarks", "results")
 
@@ -45,8 +46,6 @@ def setup(cpu: bool = True):
     """ComfyUI importable (COMFYUI_PATH or .comfyui/ComfyUI), device chosen, the pack loaded as `cad_pack`."""
     if "comfy.model_management" in sys.modules:
         raise RuntimeError("comfy.model_management was imported before the device was chosen")
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from pack_bootstrap import import_pack
     import_pack(cpu=cpu)
 
 
@@ -187,8 +186,6 @@ def cpu_name() -> str:
 def comfyui_version() -> str:
     """The version of the ComfyUI the benchmarks use (COMFYUI_PATH or .comfyui/ComfyUI), read from its
     comfyui_version.py, so it works without ComfyUI on sys.path too (benchmarks that only drive servers)."""
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from pack_bootstrap import comfyui_root
     try:
         with open(os.path.join(comfyui_root(), "comfyui_version.py")) as f:
             return f.read().split('"')[1]

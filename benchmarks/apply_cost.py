@@ -1,7 +1,7 @@
 """What an edit costs after attribution: sampling with a CAD mask against plain sampling, and the mask's size as a
 LoRA file. Full-size SD1.5 UNet (random weights), CPU.
 
-    .venv/bin/python benchmarks/apply_cost.py [--repeats 20] [--latent 8] [--ratio 0.05]
+    .venv/bin/python -m benchmarks.apply_cost [--repeats 20] [--latent 8] [--ratio 0.05]
 
 Sampling: the plain model and the masked clone (Apply CAD Mask) share their weights, so switching between them
 makes ComfyUI unpatch or patch the weights at the next call (once per switch, as in a workflow that samples one
@@ -15,12 +15,10 @@ Writes benchmarks/results/<name>.md.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 
 def quartiles(times):

@@ -1,11 +1,11 @@
 """Cost of CAD attribution on the full-size SD1.5 UNet architecture (random weights, fp32, CPU).
 
-    .venv/bin/python benchmarks/attribution_cost.py [--steps 10 25 50] [--latent 8] [--max-minutes 20]
+    .venv/bin/python -m benchmarks.attribution_cost [--steps 10 25 50] [--latent 8] [--max-minutes 20]
     make bench
 
 Measures, in one run, through the node path (bridge.attribute_model on a ModelPatcher):
   1. UNet calls of the pack's `single` schedule and of the reference's restart-per-step `reference`
-     schedule at each T, as cad_core counts them (attribution.meta["unet_calls"], batch-1 calls), and wall
+     schedule at each T, as cad_core counts them (attribution.info.unet_calls, batch-1 calls), and wall
      time. Call counts for every T come from cad_core's own visiting loop (run with a zero-cost stand-in
      denoiser, and checked against every real run). Wall time is measured for the runs that fit the time
      budget; the others are extrapolated from per-call costs fitted on measured runs, and marked so.
@@ -21,13 +21,11 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 
 def stub_counts(steps, schedule, objective="concept_gap"):
@@ -44,7 +42,7 @@ def stub_counts(steps, schedule, objective="concept_gap"):
         a = attribute(free, denoise, denoise, scope=["w"], sigmas=torch.linspace(10.0, 0.0, steps + 1),
                       parameterization="variance_exploding", objective=objective, guidance=3.0, schedule=schedule,
                       noise_shape=(1, 1), refuse_all_zero=False)   # concept = base: counting calls only
-    calls = a.meta["unet_calls"]
+    calls = a.info.unet_calls
     return {"forward_backward": calls["forward_backward"], "forward_no_grad": calls["forward_no_grad"]}
 
 
@@ -233,7 +231,7 @@ class ScheduleRuns:
     def measure(self, t, schedule):
         clock = StepClock()
         a, seconds, mem = attribute(self.mp, self.pos, self.neg, self.latent_px, t, schedule, clock=clock)
-        calls = {k: a.meta["unet_calls"][k] for k in ("forward_backward", "forward_no_grad")}
+        calls = {k: a.info.unet_calls[k] for k in ("forward_backward", "forward_no_grad")}
         assert calls == self.counts[(t, schedule)], (calls, self.counts[(t, schedule)])
         self.runs[(t, schedule)] = {"seconds": seconds, "calls": calls, "peak": mem.peak, "start": mem.start,
                                     "steps": t, "schedule": schedule, "stamps": clock.stamps}
@@ -270,7 +268,7 @@ def chunking_rows(mp, pos, neg, args, cad_state, log):
     """5. Chunking cost: the same attribution in one pass and under budgets that force 2 and 4 passes."""
     from cad_pack.cad_core.budget import MB
     whole, whole_s, whole_mem = attribute(mp, pos, neg, args.latent, args.chunk_steps, "single")
-    rows = [["one pass (no budget)", f"{C.mib(cad_state)}", whole.meta["unet_calls"]["forward_backward"],
+    rows = [["one pass (no budget)", f"{C.mib(cad_state)}", whole.info.unet_calls["forward_backward"],
              f"{whole_s:.1f} s", f"{C.mib(whole_mem.peak)}", "-"]]
     # what the budget reserves for one step's backward (checkpointed: auto's choice on a CPU), plus a share of the
     # scope's per-weight state: about 2 and 4 passes
@@ -281,10 +279,10 @@ def chunking_rows(mp, pos, neg, args, cad_state, log):
                                                 memory_budget_mb=budget_mb)
         diff = max(float((chunked.scores[k] - s).abs().max() / s.abs().max().clamp_min(1e-30))
                    for k, s in whole.scores.items())
-        passes = chunked.meta.get("passes", 1)
+        passes = chunked.info.passes or 1
         log(f"chunked ({passes} passes, budget {budget_mb} MB) {chunk_s:.1f}s vs {whole_s:.1f}s; max rel diff {diff:.2e}")
-        rows.append([f"memory_budget_mb={budget_mb:g}: {passes} passes", f"{chunked.meta['peak_scope_mb']:,.0f} MiB",
-                     chunked.meta["unet_calls"]["forward_backward"], f"{chunk_s:.1f} s ({chunk_s / whole_s:.2f}x)",
+        rows.append([f"memory_budget_mb={budget_mb:g}: {passes} passes", f"{chunked.info.peak_scope_mb:,.0f} MiB",
+                     chunked.info.unet_calls["forward_backward"], f"{chunk_s:.1f} s ({chunk_s / whole_s:.2f}x)",
                      f"{C.mib(chunk_mem.peak)}", f"{diff:.1e}"])
         del chunked
     return rows
@@ -436,7 +434,7 @@ def header(args, info, model, total_minutes):
 
 
 def schedule_notes(cost, plain_fwd):
-    return (f"Calls are batch-1 UNet calls as cad_core counts them (`attribution.meta[\"unet_calls\"]`): "
+    return (f"Calls are batch-1 UNet calls as cad_core counts them (`attribution.info.unet_calls`): "
             f"`single` does T forward+backward passes of the concept branch and T no-grad base passes; "
             f"`reference` restarts a trajectory for every visited step (T(T-1)/2 guided steps of 2 calls each, "
             f"plus the T visits). The counts for every T are cad_core's own (its visiting loop run with a free "

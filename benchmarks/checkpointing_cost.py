@@ -1,6 +1,6 @@
 """What per-block gradient checkpointing saves and costs: the full-size SD1.5 UNet (random weights, fp32, CPU).
 
-    .venv/bin/python benchmarks/checkpointing_cost.py [--latent 8 64] [--steps 2]
+    .venv/bin/python -m benchmarks.checkpointing_cost [--latent 8 64] [--steps 2]
 
 Each setting runs in a fresh child process (so one run's freed memory does not hide the next one's peak) through
 the node path (bridge.attribute_model, ff scope, concept_gap): peak RSS above the loaded model, wall time,
@@ -14,8 +14,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 SETTINGS = ("off", "on", "auto")
 
@@ -38,11 +37,11 @@ def child(args):
         seconds = time.perf_counter() - start
     torch.save(result.scores, args.scores)
     print(json.dumps({"setting": args.setting, "seconds": seconds, "peak_above_model": mem.peak - model_rss,
-                      "model_rss": model_rss, "saved_bytes": saved["bytes"], "calls": result.meta["unet_calls"],
-                      "checkpointed": result.meta["gradient_checkpointing"],
-                      "estimate_mb": result.meta.get("kept_without_checkpointing_mb"),
-                      "reason": result.meta.get("checkpointing_reason"),
-                      "free_mb": result.meta.get("free_memory_mb"), "machine": C.machine()}))
+                      "model_rss": model_rss, "saved_bytes": saved["bytes"], "calls": result.info.unet_calls,
+                      "checkpointed": result.info.gradient_checkpointing,
+                      "estimate_mb": result.info.kept_without_checkpointing_mb,
+                      "reason": result.info.checkpointing_reason,
+                      "free_mb": result.info.free_memory_mb, "machine": C.machine()}))
 
 
 def main():
@@ -67,7 +66,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             for setting in args.settings:
                 scores = os.path.join(tmp, f"{setting}.pt")
-                cmd = [sys.executable, __file__, "--latent", str(latent), "--steps", str(args.steps), "--threads",
+                cmd = [sys.executable, "-m", __spec__.name, "--latent", str(latent), "--steps", str(args.steps), "--threads",
                        str(args.threads), "--setting", setting, "--scores", scores] + (["--tiny"] if args.tiny else [])
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if done.returncode:

@@ -1,7 +1,7 @@
 """Concept bank throughput: the same bank of concepts on the CAD Demo Model with 1, then 2 local ComfyUI servers
 (scripts/concept_bank.py, each server a fresh `main.py --cpu`), in concepts per minute.
 
-    python benchmarks/concept_bank_throughput.py [--steps 20] [--threads 1]
+    python -m benchmarks.concept_bank_throughput [--steps 20] [--threads 1]
 
 Writes benchmarks/results/concept_bank_cpu.md (or CAD_BENCH_RESULTS/<name>.md). Times are the bank command's wall
 time once every server answers (server start-up not counted; the first prompt on each server loads the model).
@@ -14,13 +14,12 @@ import sys
 import tempfile
 import time
 
-from _common import RESULTS, REPO, comfyui_version, cpu_name, table
+from benchmarks._common import RESULTS, comfyui_version, cpu_name, table
+from scripts.comfy_server import ComfyServer, reset_dir
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-from comfy_server import ComfyServer, reset_dir  # noqa: E402
 
 CONCEPTS = ["a circle", "a square", "a triangle", "a cross", "a red circle | a red", "a blue cross | a blue"]
-BANK = os.path.join(REPO, "scripts", "concept_bank.py")
+BANK = ["-m", "scripts.concept_bank"]  # run from the repo root
 
 
 def parse_args():
@@ -40,7 +39,7 @@ def run_bank(urls, work, args) -> tuple[float, dict]:
     with open(concepts, "w") as f:
         f.write("\n".join(CONCEPTS) + "\n")
     out = os.path.join(work, f"out_{len(urls)}")
-    cmd = [sys.executable, BANK, concepts, "--demo-model", "--out", out, "--steps", str(args.steps),
+    cmd = [sys.executable, *BANK, concepts, "--demo-model", "--out", out, "--steps", str(args.steps),
            "--samples", str(args.samples), "--ratio", "0.05", "--save", "both"]
     for url in urls:
         cmd += ["--server", url]

@@ -1,6 +1,6 @@
 """Does CAD erase and amplify concepts? The toy world's efficacy table, through the pack's own code.
 
-    .venv/bin/python benchmarks/efficacy.py [--quick]      (make efficacy)
+    .venv/bin/python -m benchmarks.efficacy [--quick]      (make efficacy)
 
 For every shape: erase it with CAD over a ratio sweep and measure the target's accuracy on prompts
 naming it, every other shape's accuracy and colour accuracy (retention), against controls that ablate
@@ -12,27 +12,22 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+from benchmarks._common import RESULTS
+from scripts.pack_bootstrap import import_pack, toyworld_on_cpu
 
-from toyworld.comfy_env import import_pack  # noqa: E402
-
-import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before anything imports from them
-from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # noqa: E402
-from toyworld.world import SHAPES  # noqa: E402
+import_pack(cpu=toyworld_on_cpu())  # ComfyUI and the pack, before anything imports from them
+from cad_pack.nodes.toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # noqa: E402
+from cad_pack.nodes.toyworld.world import SHAPES  # noqa: E402
 
 from cad_pack.cad_core import faithfulness, select_components, sum_attributions  # noqa: E402
 from cad_pack.nodes.bridge import held_base_on, measure_on  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 
-RESULTS = os.path.join(HERE, "results")
 
 
 def retention(table: dict, before: dict, target: str) -> dict:

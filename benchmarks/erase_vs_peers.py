@@ -1,7 +1,7 @@
 """Erase one shape and keep the rest: CAD beside its peers (UCE, ESD-x) on the toy world, tuned on a validation
 split and reported on a test split that no choice looked at.
 
-    .venv/bin/python benchmarks/erase_vs_peers.py [--quick]      (make erase-vs-peers, ~40 min on 2 cores)
+    .venv/bin/python -m benchmarks.erase_vs_peers [--quick]      (make erase-vs-peers, ~40 min on 2 cores)
 
 Every method has the same tuning budget: six settings, each tried on every shape on the validation split. The
 setting a method keeps is the one with the highest mean, over the shapes, of the harmonic mean of UA, IRA (lowest
@@ -18,29 +18,24 @@ shape's positive CAD mass). Writes benchmarks/results/erase_vs_peers.json and th
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+from benchmarks._common import RESULTS, PeakRSS, machine_line, table
+from scripts.pack_bootstrap import import_pack, toyworld_on_cpu
 
-from toyworld.comfy_env import import_pack  # noqa: E402
-
-import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before anything imports from them
-import peers  # noqa: E402
-from _common import PeakRSS, machine_line, table  # noqa: E402
-from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER, ToyWorld, edited, matched_control  # noqa: E402
-from toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
+import_pack(cpu=toyworld_on_cpu())  # ComfyUI and the pack, before anything imports from them
+from benchmarks import peers  # noqa: E402
+from cad_pack.nodes.toyworld.evaluate import (CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER, ToyWorld, edited,  # noqa: E402
+                                              matched_control)
+from cad_pack.nodes.toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
 
 from cad_pack.cad_core import select_protected  # noqa: E402
 from cad_pack.cad_core.closed_form import located_keys  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 
-RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(HERE, "results")
 KV_REGEX = r"attn2\.to_[kv]"
 LOCATED_MASS_SHARE = 0.95  # fixed before this benchmark, on pictures neither split uses (docs/method.md)
 TARGET_MAX, KEEP_MIN, DISTANCE_FACTOR, UCE_DISTANCE_SLACK = 0.10, 0.90, 2.0, 1.10

@@ -3,9 +3,9 @@ state needs next to the model on a 24 GiB card. Computed, not measured: every mo
 from ComfyUI's own classes (comfy.supported_models -> model_base) on the meta device, so no weight is
 allocated; the numbers are counts of the shapes ComfyUI would create.
 
-    python benchmarks/family_cost.py            # full size; writes benchmarks/results/family_cost.{md,json}
-    python benchmarks/family_cost.py --tiny     # one or two blocks per model (checks the script; prints only)
-    python benchmarks/family_cost.py --out /tmp/family_cost   # write <out>.md and <out>.json instead
+    python -m benchmarks.family_cost            # full size; writes benchmarks/results/family_cost.{md,json}
+    python -m benchmarks.family_cost --tiny     # one or two blocks per model (checks the script; prints only)
+    python -m benchmarks.family_cost --out /tmp/family_cost   # write <out>.md and <out>.json instead
 
 Configurations are what comfy/model_detection.py derives from each released checkpoint's tensors (the
 branch is named next to each builder). As a check, every built model's own tensors are handed back to
@@ -17,12 +17,10 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 GiB = 2 ** 30
 CARD_GIB = 24

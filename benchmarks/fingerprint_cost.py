@@ -2,8 +2,8 @@
 against the one files before pack 0.5.0 carry (v1: the first values of 8 tensors). The fingerprint is computed
 whenever CAD Attribute runs, a mask is applied and a file is loaded with its model connected.
 
-    python benchmarks/fingerprint_cost.py            # SD1.5 and SDXL UNets, fp16, random weights, on the CPU
-    python benchmarks/fingerprint_cost.py --tiny     # reduced models (checks the script)
+    python -m benchmarks.fingerprint_cost            # SD1.5 and SDXL UNets, fp16, random weights, on the CPU
+    python -m benchmarks.fingerprint_cost --tiny     # reduced models (checks the script)
 
 Writes benchmarks/results/fingerprint_cost_cpu.md (or _tiny).
 """
@@ -11,11 +11,9 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 
 def main():

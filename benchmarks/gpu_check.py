@@ -17,9 +17,9 @@ configuration stored in fp8 e4m3 and computed in bf16 (as users load it), 1024x1
 24 GiB cap with memory_budget_mb = what the cap leaves after the weights (less a headroom for ComfyUI's own no-grad
 forwards): time, peak, passes, and what CAD measured one step to keep for backward.
 
-    python benchmarks/gpu_check.py                      # on the GPU machine (writes benchmarks/results/)
-    python benchmarks/gpu_check.py --families flux      # Flux.1-dev fp8 under 24 GiB (-> gpu_check_<GPU>_flux.md)
-    python benchmarks/gpu_check.py --dry-run            # anywhere: CPU, reduced models, T=2 (checks the script)
+    python -m benchmarks.gpu_check                      # on the GPU machine (writes benchmarks/results/)
+    python -m benchmarks.gpu_check --families flux      # Flux.1-dev fp8 under 24 GiB (-> gpu_check_<GPU>_flux.md)
+    python -m benchmarks.gpu_check --dry-run            # anywhere: CPU, reduced models, T=2 (checks the script)
     bash benchmarks/gpu_check.sh                        # the same, with the repo's .venv and ComfyUI
 
 For each family: one `single` attribution at T (measured), the `reference` schedule at T if the fitted
@@ -35,19 +35,17 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 FAMILIES = {"sd15": 512, "sdxl": 1024}
-CAPS_GIB = {"sd15": 4.0, "sdxl": 10.0}    # issue 12's targets: peak memory with default settings
-FLUX = {"px": 1024, "steps": 20, "cap_gib": 24.0,   # issue 12: Flux.1-dev, fp8 weights, must complete under 24 GiB
+CAPS_GIB = {"sd15": 4.0, "sdxl": 10.0}    # the targets: peak memory with default settings
+FLUX = {"px": 1024, "steps": 20, "cap_gib": 24.0,   # the target: Flux.1-dev, fp8 weights, completes under 24 GiB
         "headroom_gib": 1.5}   # left outside memory_budget_mb: ComfyUI's no-grad forwards, latents, cast buffers
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, reduced models, tiny latents, T=2")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=[*FAMILIES, "flux"],
@@ -60,172 +58,206 @@ def main():
                     help="memory cap per family for the default run (default: sd15 4, sdxl 10); 0 = none")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
-    dry = args.dry_run
-    if dry:
+    if args.dry_run:
         args.steps = min(args.steps, 2)
         args.sample_steps = min(args.sample_steps, 2)
         args.sample_repeats = 4
-    caps = dict(zip(args.families, args.cap_gib)) if args.cap_gib else {f: CAPS_GIB[f] for f in args.families if f in CAPS_GIB}
+    return args
 
+
+class Session:
+    """The run's clock, log and device: synchronising and peak-memory reading are no-ops off CUDA."""
+
+    def __init__(self, cuda: bool, time_budget_s: float):
+        import torch
+        self.torch, self.cuda = torch, cuda
+        self.started = time.perf_counter()
+        self.deadline = self.started + time_budget_s
+
+    def log(self, *parts):
+        print(f"[{time.perf_counter() - self.started:7.1f}s]", *parts, flush=True)
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def vram_peak_reset(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+        return self.torch.cuda.memory_allocated() if self.cuda else 0
+
+    def vram_peak(self):
+        return self.torch.cuda.max_memory_allocated() if self.cuda else 0
+
+
+def main():
+    args = parse_args()
+    dry = args.dry_run
+    caps = dict(zip(args.families, args.cap_gib)) if args.cap_gib else {f: CAPS_GIB[f] for f in args.families if f in CAPS_GIB}
     C.setup(cpu=dry)
     import torch
-    import comfy.model_management as mm
-    from attribution_cost import CostModel, StepClock, stub_counts
-    from cad_pack.cad_core import resolve_scope, select_components
-    from cad_pack.nodes.bridge import attribute_model
-    from cad_pack.cad_core import AttributionRequest
-    from cad_pack.nodes.bridge import apply_mask, patchable_weights
-
     cuda = torch.cuda.is_available() and not dry
     if not dry and not cuda:
         raise SystemExit("No CUDA device: run with --dry-run to check the script on CPU.")
-    started = time.perf_counter()
-    deadline = started + args.time_budget_s
-    log = lambda *a: print(f"[{time.perf_counter() - started:7.1f}s]", *a, flush=True)  # noqa: E731
+    session = Session(cuda, args.time_budget_s)
     info = C.machine(cuda=cuda)
-    log("machine", info)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    def vram_peak_reset():
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() if cuda else 0
-
-    def vram_peak():
-        return torch.cuda.max_memory_allocated() if cuda else 0
-
+    session.log("machine", info)
     results = {"machine": info, "dry_run": dry, "steps": args.steps, "families": {}}
     if "flux" in args.families:
-        results["flux"] = flux_check(dry, cuda, log, sync)
+        results["flux"] = flux_check(dry, cuda, session.log, session.sync)
     for family in [f for f in args.families if f != "flux"]:
-        px = 64 if dry else FAMILIES[family]
-        latent_px = px // 8
-        mp = C.build_unet(family, torch.float16, tiny=dry)
-        params = sum(p.numel() for p in mp.model.diffusion_model.parameters())
-        scope = resolve_scope(patchable_weights(mp), "ff")
-        shapes = dict(patchable_weights(mp))
-        scoped = sum(math.prod(shapes[k]) for k in scope)
-        pos, neg = C.conditioning(family, 1, px), C.conditioning(family, 2, px)
+        results["families"][family] = measure_family(family, args, session, caps.get(family, 0.0))
+    report(results, args, dry, info)
+
+
+def measure_family(family, args, session, cap_gib) -> dict:
+    """One UNet family: attribution time (both schedules, T=args.steps; the reference extrapolated when it does not
+    fit the time budget), peak memory under the cap and with checkpointing off/on, the plain step it is compared
+    with, and the cost of applying a mask and sampling with it."""
+    import torch
+    import comfy.model_management as mm
+    from benchmarks.attribution_cost import CostModel, StepClock, stub_counts
+    from cad_pack.cad_core import AttributionRequest, resolve_scope
+    from cad_pack.nodes.bridge import attribute_model, patchable_weights
+    dry, cuda = args.dry_run, session.cuda
+    px = 64 if dry else FAMILIES[family]
+    latent_px = px // 8
+    mp = C.build_unet(family, torch.float16, tiny=dry)
+    params = sum(p.numel() for p in mp.model.diffusion_model.parameters())
+    scope = resolve_scope(patchable_weights(mp), "ff")
+    shapes = dict(patchable_weights(mp))
+    scoped = sum(math.prod(shapes[k]) for k in scope)
+    pos, neg = C.conditioning(family, 1, px), C.conditioning(family, 2, px)
+    with torch.inference_mode():
+        mm.load_models_gpu([mp], force_full_load=True)
+    weights_vram = torch.cuda.memory_allocated() if cuda else params * 2
+    session.log(f"{family}: {params:,} params ({mp.model.get_dtype()}, compute "
+                f"{mp.model.manual_cast_dtype or mp.model.get_dtype()}), ff scope {len(scope)} matrices / {scoped:,} weights, {px}x{px}")
+
+    runs = {}
+
+    def run(t, schedule, label=None, cap_gib=0.0, gradient_checkpointing="auto"):
+        base = session.vram_peak_reset()
+        clock = StepClock()
+
+        def progress(done, total):
+            session.sync()  # so each unit's timestamp includes its GPU work
+            clock(done, total)
+
+        try:
+            with emulated_card(cap_gib if cuda else 0.0), torch.inference_mode():
+                session.sync()
+                t0 = time.perf_counter()
+                request = AttributionRequest(steps=t, schedule=schedule,
+                                             gradient_checkpointing=gradient_checkpointing)
+                a = attribute_model(mp, pos, neg, C.empty_latent(latent_px), request, on_progress=progress)
+                session.sync()
+                seconds = time.perf_counter() - t0
+        except torch.cuda.OutOfMemoryError as e:
+            session.log(f"  {schedule} T={t} under a {cap_gib:g} GiB cap: out of memory ({str(e)[:120]})")
+            runs[label or (t, schedule)] = {"oom": True, "cap_gib": cap_gib, "peak_vram": session.vram_peak()}
+            return None
+        calls = {k: a.info.unet_calls[k] for k in ("forward_backward", "forward_no_grad")}
+        stamps = clock.stamps
+        steady = statistics.median(b - a_ for a_, b in zip(stamps[1:], stamps[2:])) if len(stamps) > 2 else None
+        runs[label or (t, schedule)] = {
+            "seconds": seconds, "calls": calls, "peak_vram": session.vram_peak(), "base_vram": base, "steps": t,
+            "schedule": schedule, "stamps": stamps, "cap_gib": cap_gib, "oom": False,
+            "checkpointing": a.info.gradient_checkpointing,
+            "profile": {"setup_and_first_step_s": stamps[0] - t0 if stamps else None, "steady_step_s": steady,
+                        "after_last_step_s": t0 + seconds - stamps[-1] if stamps else None}}
+        session.log(f"  {label or schedule:9s} T={t:3d}: {seconds:7.1f}s calls {calls} peak VRAM "
+                    f"{C.mib(session.vram_peak())} profile {runs[label or (t, schedule)]['profile']}")
+        return a
+
+    calib_t = 3 if dry else 4
+    floor = plain_step_seconds(mp, family, latent_px, pos, session.sync, repeats=2 if dry else 5)
+    session.log(f"  plain forward+backward+forward (torch autograd, no CAD): {floor:.3f} s")
+    run(calib_t, "reference")
+    attribution = run(args.steps, "single")
+    run(calib_t, "single", label="capped", cap_gib=cap_gib)
+    run(calib_t, "single", label="checkpointing off", gradient_checkpointing="off")
+    run(calib_t, "single", label="checkpointing on", gradient_checkpointing="on")
+    capped, no_checkpointing, checkpointed = (runs.pop(k) for k in ("capped", "checkpointing off",
+                                                                   "checkpointing on"))
+    cost = CostModel([r for r in runs.values() if "stamps" in r])
+    session.log("  unit costs:", cost.describe())
+    ref_counts = stub_counts(args.steps, "reference")
+    predicted = cost.predict(args.steps, "reference")
+    if time.perf_counter() + 1.15 * predicted < session.deadline:
+        run(args.steps, "reference")
+        reference = {"seconds": runs[(args.steps, "reference")]["seconds"], "measured": True}
+    else:
+        session.log(f"  reference T={args.steps}: predicted {predicted:.0f}s does not fit; extrapolated")
+        reference = {"seconds": predicted, "measured": False}
+    single = runs[(args.steps, "single")]
+    sc = stub_counts(args.steps, "single")
+
+    apply, sampling = mask_apply_and_sampling(mp, attribution, pos, neg, latent_px, args, session)
+    measured = {
+        "px": px, "params": params, "scope_weights": scoped, "single": single, "cap_gib": cap_gib,
+        "capped": capped, "no_checkpointing": no_checkpointing, "checkpointed": checkpointed,
+        "plain_step_s": floor,
+        "single_counts": sc, "reference_counts": ref_counts, "reference": reference,
+        "unit_costs": {"visit_s": cost.visit, "guided_step_s": cost.guided, "fixed_s": cost.fixed,
+                       "forward_backward_s": cost.forward_backward, "no_grad_forward_s": cost.no_grad_forward},
+        "vram": {"weights": weights_vram, "cad_grad_sums": 4 * scoped, "peak_single": single["peak_vram"],
+                 "peak_capped": capped.get("peak_vram"), "peak_no_checkpointing": no_checkpointing.get("peak_vram"),
+                 "peak_checkpointed": checkpointed.get("peak_vram")},
+        "cpu_weight_copies": 0 if mp.model.manual_cast_dtype is None else 4 * scoped,
+        "apply": apply, "sampling": sampling,
+    }
+    del attribution, mp
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    return measured
+
+
+def mask_apply_and_sampling(mp, attribution, pos, neg, latent_px, args, session):
+    """Build an erase mask, apply it, and time sampling with and without it (interleaved)."""
+    import torch
+    import comfy.model_management as mm
+    from cad_pack.cad_core import select_components
+    from cad_pack.nodes.bridge import apply_mask
+    dry = args.dry_run
+    mask, select_s = C.timed(select_components, attribution, "erase", 0.05 if dry else 0.001, "per_row")
+    patched, apply_s = C.timed(apply_mask, mp, mask, 1.0)
+    with torch.inference_mode():
+        session.sync()
+        _, patch_s = C.timed(mm.load_models_gpu, [patched], force_full_load=True)
+        session.sync()
+
+    def sample(model):
+        import comfy.sample
         with torch.inference_mode():
-            mm.load_models_gpu([mp], force_full_load=True)
-        weights_vram = torch.cuda.memory_allocated() if cuda else params * 2
-        log(f"{family}: {params:,} params ({mp.model.get_dtype()}, compute {mp.model.manual_cast_dtype or mp.model.get_dtype()}), "
-            f"ff scope {len(scope)} matrices / {scoped:,} weights, {px}x{px}")
+            latent = C.empty_latent(latent_px)["samples"]
+            noise = comfy.sample.prepare_noise(latent, 1)
+            session.sync()
+            _, s = C.timed(comfy.sample.sample, model, noise, args.sample_steps, 7.0, "euler", "normal", pos, neg,
+                           latent, seed=1, disable_pbar=True)
+            session.sync()
+        return s
 
-        runs = {}
-
-        def run(t, schedule, label=None, cap_gib=0.0, gradient_checkpointing="auto"):
-            base = vram_peak_reset()
-            clock = StepClock()
-
-            def progress(done, total):
-                sync()  # so each unit's timestamp includes its GPU work
-                clock(done, total)
-
-            try:
-                with emulated_card(cap_gib if cuda else 0.0), torch.inference_mode():
-                    sync()
-                    t0 = time.perf_counter()
-                    request = AttributionRequest(steps=t, schedule=schedule,
-                                                 gradient_checkpointing=gradient_checkpointing)
-                    a = attribute_model(mp, pos, neg, C.empty_latent(latent_px), request, on_progress=progress)
-                    sync()
-                    seconds = time.perf_counter() - t0
-            except torch.cuda.OutOfMemoryError as e:
-                log(f"  {schedule} T={t} under a {cap_gib:g} GiB cap: out of memory ({str(e)[:120]})")
-                runs[label or (t, schedule)] = {"oom": True, "cap_gib": cap_gib, "peak_vram": vram_peak()}
-                return None
-            calls = {k: a.meta["unet_calls"][k] for k in ("forward_backward", "forward_no_grad")}
-            stamps = clock.stamps
-            steady = statistics.median(b - a_ for a_, b in zip(stamps[1:], stamps[2:])) if len(stamps) > 2 else None
-            runs[label or (t, schedule)] = {
-                "seconds": seconds, "calls": calls, "peak_vram": vram_peak(), "base_vram": base, "steps": t,
-                "schedule": schedule, "stamps": stamps, "cap_gib": cap_gib, "oom": False,
-                "checkpointing": a.meta.get("gradient_checkpointing"),
-                "profile": {"setup_and_first_step_s": stamps[0] - t0 if stamps else None, "steady_step_s": steady,
-                            "after_last_step_s": t0 + seconds - stamps[-1] if stamps else None}}
-            log(f"  {label or schedule:9s} T={t:3d}: {seconds:7.1f}s calls {calls} peak VRAM {C.mib(vram_peak())} "
-                f"profile {runs[label or (t, schedule)]['profile']}")
-            return a
-
-        calib_t = 3 if dry else 4
-        floor = plain_step_seconds(mp, family, latent_px, pos, sync, repeats=2 if dry else 5)
-        log(f"  plain forward+backward+forward (torch autograd, no CAD): {floor:.3f} s")
-        run(calib_t, "reference")
-        attribution = run(args.steps, "single")
-        run(calib_t, "single", label="capped", cap_gib=caps.get(family, 0.0))
-        run(calib_t, "single", label="checkpointing off", gradient_checkpointing="off")
-        run(calib_t, "single", label="checkpointing on", gradient_checkpointing="on")
-        capped, no_checkpointing, checkpointed = (runs.pop(k) for k in ("capped", "checkpointing off",
-                                                                       "checkpointing on"))
-        cost = CostModel([r for r in runs.values() if "stamps" in r])
-        log("  unit costs:", cost.describe())
-        ref_counts = stub_counts(args.steps, "reference")
-        predicted = cost.predict(args.steps, "reference")
-        if time.perf_counter() + 1.15 * predicted < deadline:
-            run(args.steps, "reference")
-            reference = {"seconds": runs[(args.steps, "reference")]["seconds"], "measured": True}
-        else:
-            log(f"  reference T={args.steps}: predicted {predicted:.0f}s does not fit; extrapolated")
-            reference = {"seconds": predicted, "measured": False}
-        single = runs[(args.steps, "single")]
-        sc = stub_counts(args.steps, "single")
-
-        # apply and sampling
-        mask, select_s = C.timed(select_components, attribution, "erase", 0.05 if dry else 0.001, "per_row")
-        patched, apply_s = C.timed(apply_mask, mp, mask, 1.0)
-        with torch.inference_mode():
-            sync()
-            _, patch_s = C.timed(mm.load_models_gpu, [patched], force_full_load=True)
-            sync()
-
-        def sample(model):
-            import comfy.sample
-            with torch.inference_mode():
-                latent = C.empty_latent(latent_px)["samples"]
-                noise = comfy.sample.prepare_noise(latent, 1)
-                sync()
-                _, s = C.timed(comfy.sample.sample, model, noise, args.sample_steps, 7.0, "euler", "normal", pos, neg,
-                               latent, seed=1, disable_pbar=True)
-                sync()
-            return s
-
-        plain_t, masked_t = [], []
+    plain_t, masked_t = [], []
+    sample(mp)
+    sample(patched)
+    for _ in range(args.sample_repeats):   # interleaved, each after a (re)load, so drift hits both alike
         sample(mp)
+        plain_t.append(sample(mp))
         sample(patched)
-        for _ in range(args.sample_repeats):   # interleaved, each after a (re)load, so drift hits both alike
-            sample(mp)
-            plain_t.append(sample(mp))
-            sample(patched)
-            masked_t.append(sample(patched))
-        plain_med, masked_med = statistics.median(plain_t), statistics.median(masked_t)
-        log(f"  mask {mask.count:,}: select {select_s:.2f}s apply {apply_s:.3f}s patch {patch_s:.2f}s; "
-            f"sampling {plain_med:.2f}s vs {masked_med:.2f}s")
+        masked_t.append(sample(patched))
+    plain_med, masked_med = statistics.median(plain_t), statistics.median(masked_t)
+    session.log(f"  mask {mask.count:,}: select {select_s:.2f}s apply {apply_s:.3f}s patch {patch_s:.2f}s; "
+                f"sampling {plain_med:.2f}s vs {masked_med:.2f}s")
+    del patched
+    return ({"selected": mask.count, "select_s": select_s, "apply_s": apply_s, "patch_at_load_s": patch_s},
+            {"steps": args.sample_steps, "plain_s": plain_t, "masked_s": masked_t,
+             "overhead_pct": 100 * (masked_med / plain_med - 1)})
 
-        results["families"][family] = {
-            "px": px, "params": params, "scope_weights": scoped, "single": single, "cap_gib": caps.get(family, 0.0),
-            "capped": capped, "no_checkpointing": no_checkpointing, "checkpointed": checkpointed,
-            "plain_step_s": floor,
-            "single_counts": sc, "reference_counts": ref_counts, "reference": reference,
-            "unit_costs": {"visit_s": cost.visit, "guided_step_s": cost.guided, "fixed_s": cost.fixed,
-                           "forward_backward_s": cost.forward_backward, "no_grad_forward_s": cost.no_grad_forward},
-            "vram": {"weights": weights_vram, "cad_grad_sums": 4 * scoped, "peak_single": single["peak_vram"],
-                     "peak_capped": capped.get("peak_vram"), "peak_no_checkpointing": no_checkpointing.get("peak_vram"),
-                     "peak_checkpointed": checkpointed.get("peak_vram")},
-            "cpu_weight_copies": 0 if mp.model.manual_cast_dtype is None else 4 * scoped,
-            "apply": {"selected": mask.count, "select_s": select_s, "apply_s": apply_s, "patch_at_load_s": patch_s},
-            "sampling": {"steps": args.sample_steps, "plain_s": plain_t, "masked_s": masked_t,
-                         "overhead_pct": 100 * (masked_med / plain_med - 1)},
-        }
-        del attribution, patched, mp
-        mm.unload_all_models()
-        mm.soft_empty_cache()
 
-    # report
+def report(results, args, dry, info):
+    """The Markdown tables (and the JSON) from the measurements."""
     rows, mem_rows, apply_rows, speed_rows = [], [], [], []
     for family, r in results["families"].items():
         s, ref = r["single"], r["reference"]
@@ -305,7 +337,7 @@ def build_flux_dev(device, dry: bool):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
-    from family_cost import flux1_dev, for_this_comfyui
+    from benchmarks.family_cost import flux1_dev, for_this_comfyui
     _, config = flux1_dev(dry)
     config, _ = for_this_comfyui(config)
     cfg = comfy.supported_models.Flux(config)
@@ -329,7 +361,7 @@ def flux_check(dry, cuda, log, sync) -> dict:
     loaded weights and a headroom. Reports completion (or out of memory), time, peak, passes."""
     import torch
     import comfy.model_management as mm
-    from attribution_cost import StepClock
+    from benchmarks.attribution_cost import StepClock
     from cad_pack.cad_core import resolve_scope
     from cad_pack.cad_core.budget import MB, scope_bytes
     from cad_pack.nodes.bridge import attribute_model, patchable_weights
@@ -380,10 +412,10 @@ def flux_check(dry, cuda, log, sync) -> dict:
             request = AttributionRequest(steps=steps, guidance=3.5, memory_budget_mb=budget_mb)
             a = attribute_model(mp, pos, neg, latent, request, on_progress=progress)
             sync()
-            out.update(seconds=time.perf_counter() - t0, oom=False, passes=a.meta.get("passes", 1),
-                       activation_mb=a.meta["activation_mb"], peak_scope_mb=a.meta["peak_scope_mb"],
-                       checkpointing=a.meta.get("gradient_checkpointing"),
-                       reason=a.meta.get("checkpointing_reason"), calls=a.meta["unet_calls"])
+            out.update(seconds=time.perf_counter() - t0, oom=False, passes=a.info.passes or 1,
+                       activation_mb=a.info.activation_mb, peak_scope_mb=a.info.peak_scope_mb,
+                       checkpointing=a.info.gradient_checkpointing,
+                       reason=a.info.checkpointing_reason, calls=a.info.unet_calls)
     except torch.cuda.OutOfMemoryError as e:
         out.update(oom=True, error=str(e)[:300])
     out["peak"] = torch.cuda.max_memory_allocated() if cuda else None

@@ -1,13 +1,13 @@
 """GPU compatibility check: CAD Attribute and Apply CAD Mask on every ComfyUI leg and memory mode a GPU user runs.
 
     make gpu-compat                                  # on a CUDA machine: both legs, every mode (a few minutes)
-    python benchmarks/gpu_compat.py --cpu            # the same checks on the CPU (checks the script; no table)
-    python benchmarks/gpu_compat.py --legs 0.33.0=python3:/path/to/ComfyUI-0.33.0   # another Python/ComfyUI
+    python -m benchmarks.gpu_compat --cpu            # the same checks on the CPU (checks the script; no table)
+    python -m benchmarks.gpu_compat --legs 0.33.0=python3:/path/to/ComfyUI-0.33.0   # another Python/ComfyUI
 
 One child process per (ComfyUI version, mode), because ComfyUI reads its flags once, at import. A child imports
 ComfyUI's own main.py with the mode's flags (so Dynamic VRAM is set up exactly as the server sets it up), then
 for each model:
-  - sd15, sdxl, flux: reduced models built from ComfyUI's classes (tests/family_models.py), handed out as
+  - sd15, sdxl, flux: reduced models built from ComfyUI's classes (scripts/family_models.py), handed out as
     ComfyUI's loaders hand them out (CoreModelPatcher: ModelPatcherDynamic under Dynamic VRAM) with a
     loader that can re-run (cached_patcher_init), as core loaders set it;
   - sd15-file: a checkpoint file (scripts/make_test_checkpoint.py) through comfy.sd.load_checkpoint_guess_config;
@@ -70,7 +70,7 @@ def main():
             with tempfile.TemporaryDirectory() as tmp:
                 out = os.path.join(tmp, "rows.json")
                 started = time.time()
-                proc = subprocess.run([python, os.path.abspath(__file__), "--child", mode, "--out", out,
+                proc = subprocess.run([python, "-m", "benchmarks.gpu_compat", "--child", mode, "--out", out,
                                        "--families", *args.families],
                                       env={**os.environ, "COMFYUI_PATH": comfyui, "CAD_GPU_COMPAT_FLAGS": json.dumps(flags)},
                                       capture_output=True, text=True, cwd=REPO)
@@ -133,15 +133,13 @@ def write_table(results_dir, rows, runs):
 # ------------------------------------------------------------------------------------------------ child
 def child(mode, families, out):
     flags = json.loads(os.environ.get("CAD_GPU_COMPAT_FLAGS", "[]"))
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from pack_bootstrap import import_pack, put_comfyui_on_path
+    from scripts.pack_bootstrap import import_pack, put_comfyui_on_path
     put_comfyui_on_path(os.environ["COMFYUI_PATH"])  # the parent sets it to this leg's ComfyUI
     sys.argv = ["main.py", *flags]
     import main  # noqa: F401  ComfyUI's own start-up: flags, Dynamic VRAM, CoreModelPatcher
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    sys.path.insert(0, os.path.join(REPO, "tests"))
     import_pack(cpu=mode == "cpu")
     import comfy.model_management as mm
     import comfyui_version
@@ -172,7 +170,7 @@ def reload_family(family, seed, disable_dynamic=False):
     """The loader a reduced model's cached_patcher_init re-runs (as core loaders register theirs)."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    from family_models import build
+    from scripts.family_models import build
     # CoreModelPatcher: what loaders use (ModelPatcherDynamic under Dynamic VRAM); 0.3.75 has only ModelPatcher
     core = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     cls = comfy.model_patcher.ModelPatcher if disable_dynamic else core
@@ -185,7 +183,7 @@ def user_model(family, seed):
     import torch
     import comfy.sd
     if family == "sd15-file":
-        from make_test_checkpoint import DEFAULT_PATH, make_sd15_test_checkpoint
+        from scripts.make_test_checkpoint import DEFAULT_PATH, make_sd15_test_checkpoint
         path = make_sd15_test_checkpoint(DEFAULT_PATH)
         with torch.inference_mode():
             mp = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]
@@ -203,7 +201,7 @@ def check_family(family, mode):
     import comfy.sample
     from cad_pack.cad_core import AttributionRequest, select_components
     from cad_pack.nodes import bridge
-    from family_models import EXPECTED, conditioning, empty_latent, plain_autograd_alpha
+    from scripts.family_models import EXPECTED, conditioning, empty_latent, plain_autograd_alpha
 
     started = time.time()
     mp, base, text_width = user_model(family, seed=3)

@@ -1,6 +1,6 @@
 """Does memory_budget_mb hold? The full-size SD1.5 UNet (random weights, fp32, CPU), ff scope, under a budget.
 
-    .venv/bin/python benchmarks/memory_budget.py [--latent 32 64] [--steps 1] [--fraction 0.5]
+    .venv/bin/python -m benchmarks.memory_budget [--latent 32 64] [--steps 1] [--fraction 0.5]
 
 Each row runs in a fresh child process: it measures what one differentiated step keeps for backward (the same
 measurement CAD Attribute makes), sets memory_budget_mb to that plus `--fraction` of the scope's per-weight state
@@ -16,8 +16,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 SETTINGS = ("off", "on")
 
@@ -41,11 +40,11 @@ def child(args):
         request = AttributionRequest(steps=args.steps, memory_budget_mb=budget_mb, gradient_checkpointing=args.setting)
         result = attribute_model(mp, pos, base, C.empty_latent(latent), request)
         seconds = time.perf_counter() - start
-    meta = result.meta
+    info = result.info
     print(json.dumps({"peak_live": peak_live_bytes(prof),"setting": args.setting, "latent": latent, "seconds": seconds, "model_rss": model_rss,
                       "peak_above_model": mem.peak - model_rss, "budget_mb": budget_mb, "state_mb": state / MB,
-                      "activation_mb": meta["activation_mb"], "peak_scope_mb": meta["peak_scope_mb"],
-                      "passes": meta.get("passes", 1), "checkpointed": meta["gradient_checkpointing"],
+                      "activation_mb": info.activation_mb, "peak_scope_mb": info.peak_scope_mb,
+                      "passes": info.passes or 1, "checkpointed": info.gradient_checkpointing,
                       "machine": C.machine(),
                       "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}))
 
@@ -78,7 +77,7 @@ def main():
     runs = []
     for latent in args.latent:
         for setting in args.settings:
-            cmd = [sys.executable, __file__, "--latent", str(latent), "--steps", str(args.steps), "--fraction",
+            cmd = [sys.executable, "-m", __spec__.name, "--latent", str(latent), "--steps", str(args.steps), "--fraction",
                    str(args.fraction), "--threads", str(args.threads), "--setting", setting] + (
                 ["--tiny"] if args.tiny else [])
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -23,8 +23,8 @@ from cad_pack.cad_core.closed_form import closed_form_edit
 from cad_pack.cad_core.edit import WeightEdit
 from cad_pack.nodes.bridge import fingerprint_of, original_weight, patchable_weights
 from cad_pack.nodes.bridge.edits import apply_edit
-from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER
-from toyworld.world import COLOUR_NAMES, SHAPES, caption
+from cad_pack.nodes.toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER
+from cad_pack.nodes.toyworld.world import COLOUR_NAMES, SHAPES, caption
 
 CROSS_ATTENTION_KV = ("attn2.to_k.", "attn2.to_v.")
 

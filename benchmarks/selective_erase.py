@@ -1,6 +1,6 @@
 """Erase one concept and keep the rest: the toy world's selective-erase table, with its controls.
 
-    .venv/bin/python benchmarks/selective_erase.py [--quick]      (make selective-erase)
+    .venv/bin/python -m benchmarks.selective_erase [--quick]      (make selective-erase)
 
 Beside each shape's accuracy it reports how far the spared prompts' pictures moved from the unedited
 model's pictures with the same seeds (mean absolute pixel difference, 0-1 scale), because a shape can still
@@ -14,26 +14,21 @@ benchmarks/results/selective_erase.md and .json.
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+from benchmarks._common import RESULTS, machine_line
+from scripts.pack_bootstrap import import_pack, toyworld_on_cpu
 
-from _common import machine_line  # noqa: E402
-from toyworld.comfy_env import import_pack  # noqa: E402
-
-import_pack()  # ComfyUI (CPU unless CAD_TOYWORLD_GPU=1) and the pack, before anything imports from them
-from toyworld.evaluate import CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER, ToyWorld, edited, matched_control  # noqa: E402
-from toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
+import_pack(cpu=toyworld_on_cpu())  # ComfyUI and the pack, before anything imports from them
+from cad_pack.nodes.toyworld.evaluate import (CFG, SAMPLE_STEPS, SAMPLER, SCHEDULER, ToyWorld, edited,  # noqa: E402
+                                              matched_control)
+from cad_pack.nodes.toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
 
 from cad_pack.cad_core import select_components, select_protected, sum_attributions, union  # noqa: E402
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE  # noqa: E402
 
-RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(HERE, "results")
 SCOPES = {"ff": {"scope": "ff"}, "kv": {"scope": "regex", "scope_regex": r"attn2\.to_[kv]"}}
 SCOPE_LABELS = {"ff": "ff", "kv": "cross-attention K/V (regex attn2\\.to_[kv])"}
 CONTRASTS = {"empty": "'a <concept>' against the empty prompt (the paper's protocol)",

@@ -1,6 +1,6 @@
 """Fewer timesteps, same mask? Erase masks of the toy world attributed with T = 5, 10, 20 and 50 visited steps.
 
-    .venv/bin/python benchmarks/steps_study.py [--steps 5 10 20 50] [--per-colour 4]
+    .venv/bin/python -m benchmarks.steps_study [--steps 5 10 20 50] [--per-colour 4]
 
 For every shape: the erase mask (per_row, ratio 0.05, concept_gap summed over the four colours, as in the efficacy
 table) from each T; the overlap of each mask with the largest T's (Jaccard of the selected weights); and each
@@ -12,22 +12,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+from benchmarks._common import RESULTS
+from scripts.pack_bootstrap import import_pack, toyworld_on_cpu
 
-from toyworld.comfy_env import import_pack  # noqa: E402
+import_pack(cpu=toyworld_on_cpu())  # ComfyUI and the pack, before anything imports from them
+from cad_pack.nodes.toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # noqa: E402
+from cad_pack.nodes.toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
 
-import_pack()
-from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control  # noqa: E402
-from toyworld.world import COLOUR_NAMES, SHAPES  # noqa: E402
-
-RESULTS = os.environ.get("CAD_BENCH_RESULTS") or os.path.join(HERE, "results")
 
 
 def jaccard(a, b) -> float:

@@ -11,17 +11,21 @@
     located_keys()       the matrices that hold most of a concept's positive CAD mass (where to edit)
     block_map()          per-block positive/negative mass and mask share, for the attribution map
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
+    AttributionInfo, MaskInfo, EditInfo   how an attribution, mask or edit was made, typed (the files' JSON)
     verify_ablation(), faithfulness()   compare predicted with measured effects
 """
 from .attribution import (Attribution, GradientAccumulator, GradientCapture, ModuleCapture, ParameterGradientCapture,
                           attribute, seeded_noise, sum_attributions)
+from .attribution_info import AttributionInfo
 from .block_map import block_map
 from .closed_form import closed_form_delta, closed_form_edit, located_keys
 from .blocks import block_of, short_block_name
+from .edit_info import EditInfo
 from .errors import CADError, CADFileError
 from .families import FAMILIES, GENERIC, ModelFamily, detect_family
 from .fingerprint import ModelFingerprints, model_fingerprint, require_same_model
 from .mask import Mask, protect, scale_selected, union
+from .mask_info import MaskInfo
 from .noise import FlowMatching, VarianceExploding
 from .objectives import OBJECTIVES, Objective, objective_named
 from .request import AttributionRequest

@@ -7,6 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from .attribution_info import AttributionInfo
 from .blocks import block_of, block_sort_key, short_block_name
 from .errors import CADError
 from .fingerprint import require_same_model
@@ -26,10 +27,15 @@ class Attribution:
 
     scores: dict[str, torch.Tensor]
     fingerprint: str
-    meta: dict = field(default_factory=dict)
+    info: AttributionInfo = field(default_factory=AttributionInfo)
     # Where J was differentiated (trajectory.Visit records). Kept in memory for verification only;
     # files do not store them.
     points: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.info, AttributionInfo):
+            raise TypeError(f"Attribution.info must be an AttributionInfo (the record that replaced the meta dict), "
+                            f"got {type(self.info).__name__}.")
 
     @property
     def total_weights(self) -> int:
@@ -60,12 +66,12 @@ class Attribution:
         rows = [{"block": name, "label": short_block_name(name), **v}
                 for name, v in sorted(blocks.items(), key=lambda kv: block_sort_key(kv[0]))]
         return {
-            "objective": self.meta.get("objective"), "scope": self.meta.get("scope"),
+            "objective": self.info.objective, "scope": self.info.scope,
             "matrices": len(self.scores), "weights": self.total_weights,
             "positive_mass": sum(r["positive_mass"] for r in rows),
             "negative_mass": sum(r["negative_mass"] for r in rows),
             "positive": sum(r["positive"] for r in rows), "negative": sum(r["negative"] for r in rows),
-            "blocks": rows, "unet_calls": self.meta.get("unet_calls"), "seconds": self.meta.get("seconds"),
+            "blocks": rows, "unet_calls": self.info.unet_calls, "seconds": self.info.seconds,
         }
 
     def summary_text(self) -> str:
@@ -73,8 +79,8 @@ class Attribution:
         lines = [f"CAD attribution ({s['objective']}, scope {s['scope']}): {s['weights']:,} weights in "
                  f"{s['matrices']} matrices; {s['positive']:,} positive (mass {s['positive_mass']:.4g}), "
                  f"{s['negative']:,} negative (mass {s['negative_mass']:.4g})."]
-        if self.meta.get("scope_notice"):
-            lines.append(f"Note: {self.meta['scope_notice']}")
+        if self.info.scope_notice:
+            lines.append(f"Note: {self.info.scope_notice}")
         for r in s["blocks"]:
             lines.append(f"  {r['block']:<18} +{r['positive_mass']:.4g} / {r['negative_mass']:.4g}  "
                          f"({r['weights']:,} weights)")
@@ -93,16 +99,16 @@ def sum_attributions(attributions: list["Attribution"]) -> "Attribution":
         if set(other.scores) != set(first.scores):
             raise CADError("These attributions score different weights (different scopes); attribute them "
                            "with the same scope to sum them.")
-        if other.meta.get("objective") != first.meta.get("objective"):
-            raise CADError(f"These attributions use different objectives ({first.meta.get('objective')} and "
-                           f"{other.meta.get('objective')}), whose scores are on different scales; sum "
+        if other.info.objective != first.info.objective:
+            raise CADError(f"These attributions use different objectives ({first.info.objective} and "
+                           f"{other.info.objective}), whose scores are on different scales; sum "
                            f"attributions made with the same objective.")
     if len(attributions) == 1:
         return first
     scores = {k: sum(a.scores[k] for a in attributions) for k in first.scores}
-    meta = {**first.meta, "summed_from": sum(a.meta.get("summed_from", 1) for a in attributions)}
+    info = first.info.replace(summed_from=sum(a.info.summed_from or 1 for a in attributions))
     # Visited latents belong to one prompt pair each: a sum has no single J to re-measure them with.
-    return Attribution(scores, first.fingerprint, meta, [])
+    return Attribution(scores, first.fingerprint, info, [])
 
 
 class GradientAccumulator:
@@ -215,7 +221,7 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
               noise_shape: Sequence[int] | None = None, make_noise: Callable | None = None,
               images: torch.Tensor | None = None, loss_scale: float = 1.0,
               on_progress: Callable[[int, int], None] | None = None, fingerprint: str = "",
-              meta: dict | None = None, refuse_all_zero: bool = True) -> Attribution:
+              info_fields: dict | None = None, refuse_all_zero: bool = True) -> Attribution:
     """Score every scoped weight for a concept: alpha = w * dJ/dw, summed over the visited timesteps.
 
     model: a torch module whose parameters named in `scope` are scored, or a GradientCapture.
@@ -226,6 +232,7 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
     objective: a name in cad_core.OBJECTIVES. With one that takes_images, `images` are clean concept latents
         (one per sample, reused round-robin); without them the model's own guided samples stand in.
     Noise: make_noise(sample, restart) -> a noise latent, or noise_shape and seed for seeded normal noise.
+    info_fields: AttributionInfo fields to record besides the run's own (the ComfyUI bridge's sampler and latent).
     refuse_all_zero: an attribution whose every score is 0 is an error (check_not_all_zero); callers that join
         several partial runs check the joined result instead.
     """
@@ -260,10 +267,10 @@ def attribute(model: "torch.nn.Module | GradientCapture", concept: Callable, bas
             f"The objective became {counts.objective_total} during attribution: the model produced NaN/inf "
             f"predictions. Check the model (a broken or fp16-overflowing checkpoint?) and try again.")
     scores = accumulator.alpha(capture.weights())
-    info = {"objective": record.name, "steps": plan.steps, "guidance": plan.guidance, "schedule": plan.schedule,
-            "samples": samples, "parameterization": plan.parameterization.name, "loss_scale": plan.loss_scale,
-            "unet_calls": counts.as_dict(), "seconds": round(time.perf_counter() - started, 3),
-            "scope": ", ".join(capture.shapes), "pack_version": PACK_VERSION, **(meta or {})}
+    info = AttributionInfo(objective=record.name, steps=plan.steps, guidance=plan.guidance, schedule=plan.schedule,
+                           samples=samples, parameterization=plan.parameterization.name, loss_scale=plan.loss_scale,
+                           unet_calls=counts.as_dict(), seconds=round(time.perf_counter() - started, 3),
+                           scope=", ".join(capture.shapes), pack_version=PACK_VERSION).replace(**(info_fields or {}))
     result = Attribution(scores, fingerprint, info, counts.points)
     result.check_usable()
     if refuse_all_zero:

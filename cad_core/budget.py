@@ -69,11 +69,12 @@ def plan_chunks(named_shapes: Sequence[tuple[str, tuple]], budget_bytes: float,
     return chunks
 
 
-def join_chunks(parts: Sequence[Attribution], meta: dict | None = None) -> Attribution:
+def join_chunks(parts: Sequence[Attribution], info_fields: dict | None = None) -> Attribution:
     """One attribution from per-chunk passes over the same trajectories.
 
     Scores are joined in pass order (= model order). UNet call counts and seconds are summed (they are the
     work done); J and the visited latents are those of the first pass (every pass visits the same ones).
+    info_fields: AttributionInfo fields to set on the joined attribution besides those.
     """
     if not parts:
         raise CADError("No attribution passes to join.")
@@ -87,12 +88,12 @@ def join_chunks(parts: Sequence[Attribution], meta: dict | None = None) -> Attri
             raise CADError(f"Attribution passes overlap on {sorted(overlap)[:3]}; chunks must be disjoint.")
         scores.update(p.scores)
     first = parts[0]
-    calls = dict(first.meta.get("unet_calls") or {})
+    calls = dict(first.info.unet_calls or {})
     for field in ("forward_backward", "forward_no_grad", "visits"):
-        calls[field] = sum(int((p.meta.get("unet_calls") or {}).get(field, 0)) for p in parts)
-    joined_meta = {**first.meta, "unet_calls": calls, "passes": len(parts),
-                   "seconds": round(sum(float(p.meta.get("seconds") or 0.0) for p in parts), 3),
-                   **(meta or {})}
-    result = Attribution(scores, first.fingerprint, joined_meta, list(first.points))
+        calls[field] = sum(int((p.info.unet_calls or {}).get(field, 0)) for p in parts)
+    info = first.info.replace(unet_calls=calls, passes=len(parts),
+                              seconds=round(sum(float(p.info.seconds or 0.0) for p in parts), 3),
+                              **(info_fields or {}))
+    result = Attribution(scores, first.fingerprint, info, list(first.points))
     result.check_usable()
     return result

@@ -76,18 +76,18 @@ def attribute_request(backend: AttributionBackend, request: AttributionRequest,
                 if on_progress is not None:
                     on_progress(offset * total + done, passes * total)
             parts.append(backend.run_pass(chunk, plan.checkpointing, progress))
-    meta = {"scope": request.scope, "scope_regex": request.scope_regex, "seed": request.seed,
-            **({"scope_notice": notice} if notice else {})}
+    info_fields = {"scope": request.scope, "scope_regex": request.scope_regex, "seed": request.seed,
+                   **({"scope_notice": notice} if notice else {})}
     if request.memory_budget_mb:
-        meta.update(memory_budget_mb=request.memory_budget_mb,
-                    activation_mb=round(plan.activation_bytes / MB, 3),
-                    peak_scope_mb=round(max(scope_bytes([shapes[k] for k in c]) for c in plan.chunks) / MB, 3),
-                    **({"checkpointing_reason": plan.reason} if plan.reason else {}))
+        info_fields.update(
+            memory_budget_mb=request.memory_budget_mb, activation_mb=round(plan.activation_bytes / MB, 3),
+            peak_scope_mb=round(max(scope_bytes([shapes[k] for k in c]) for c in plan.chunks) / MB, 3),
+            **({"checkpointing_reason": plan.reason} if plan.reason else {}))
     if passes == 1:
         result = parts[0]
-        result.meta.update(meta)
+        result.info = result.info.replace(**info_fields)
     else:
-        result = join_chunks(parts, {**meta, "chunk_sizes": [len(c) for c in plan.chunks]})
+        result = join_chunks(parts, {**info_fields, "chunk_sizes": tuple(len(c) for c in plan.chunks)})
     check_not_all_zero(result)
     return result
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .blocks import block_of, block_sort_key
+from .edit_info import EditInfo
 from .errors import CADError, CADFileError
 from .export import lora_key
 from .fingerprint import ModelFingerprints, require_same_model
@@ -20,7 +21,12 @@ class WeightEdit:
 
     deltas: dict[str, torch.Tensor]
     fingerprint: str
-    meta: dict = field(default_factory=dict)
+    info: EditInfo = field(default_factory=EditInfo)
+
+    def __post_init__(self):
+        if not isinstance(self.info, EditInfo):
+            raise TypeError(f"WeightEdit.info must be an EditInfo (the record that replaced the meta dict), "
+                            f"got {type(self.info).__name__}.")
 
     def check_valid(self) -> None:
         if not self.deltas:
@@ -42,19 +48,20 @@ class WeightEdit:
             b["norm_sq"] += float(d.double().pow(2).sum())
         rows = [{"block": name, "matrices": v["matrices"], "weights": v["weights"], "norm": math.sqrt(v["norm_sq"])}
                 for name, v in sorted(blocks.items(), key=lambda kv: block_sort_key(kv[0]))]
-        return {"mode": self.meta.get("mode", "edit"), "matrices": len(self.deltas),
+        recorded = self.info.to_json_dict()
+        return {"mode": self.info.mode or "edit", "matrices": len(self.deltas),
                 "weights_changed": self.weights_changed, "blocks": rows,
-                **{k: self.meta[k] for k in ("erase", "keep", "overshoot", "preserve") if k in self.meta}}
+                **{k: recorded[k] for k in ("erase", "keep", "overshoot", "preserve") if k in recorded}}
 
     def summary_text(self) -> str:
-        s = self.summary()
-        how = (f" (closed form, overshoot {self.meta['overshoot']}, preserve {self.meta.get('preserve')})"
-               if "overshoot" in self.meta else "")
+        s, info = self.summary(), self.info
+        how = (f" (closed form, overshoot {info.overshoot}, preserve {info.preserve})"
+               if info.overshoot is not None else "")
         lines = [f"CAD {s['mode']}: {s['weights_changed']:,} weights changed in {s['matrices']} matrices{how}."]
-        if self.meta.get("erase"):
-            lines.append(f"  erased: {', '.join(repr(p) for p in self.meta['erase'])}")
-        if self.meta.get("keep"):
-            lines.append(f"  kept: {', '.join(repr(p) for p in self.meta['keep'])}")
+        if info.erase:
+            lines.append(f"  erased: {', '.join(repr(p) for p in info.erase)}")
+        if info.keep:
+            lines.append(f"  kept: {', '.join(repr(p) for p in info.keep)}")
         for r in s["blocks"]:
             lines.append(f"  {r['block']:<18} {r['matrices']} matrices, |dW| {r['norm']:.4g}")
         return "\n".join(lines)
@@ -95,11 +102,11 @@ def load_edit_lora(path: str, expected_fingerprint: "str | ModelFingerprints | N
     except Exception as e:  # noqa: BLE001 - untrusted bytes: any parser failure means "not readable"
         raise CADFileError(f"{name} is not a readable safetensors file (truncated or another format?): "
                            f"{_reason(e)}") from None
-    try:   # written cut at 64 KiB, so a long record may not parse: the edit itself does not need it
-        meta = _strict_json(metadata.get("cad.mask_meta") or "{}")
-    except ValueError:
-        meta = {}
-    edit = WeightEdit(deltas, metadata["cad.fingerprint"], meta if isinstance(meta, dict) else {})
+    try:   # cut at 64 KiB when written (a long record may not parse); the edit itself does not need it
+        info = EditInfo.from_json_dict(_strict_json(metadata.get("cad.mask_meta") or "{}"))
+    except (ValueError, RecursionError):
+        info = EditInfo()
+    edit = WeightEdit(deltas, metadata["cad.fingerprint"], info)
     try:
         edit.check_valid()
     except CADError as e:

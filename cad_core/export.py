@@ -55,6 +55,6 @@ def save_lora(tensors: dict[str, torch.Tensor], path: str, source) -> str:
     from .version import PACK_VERSION
     count = source.count if isinstance(source, Mask) else source.weights_changed
     metadata = {"cad.kind": "lora", "cad.fingerprint": source.fingerprint, "cad.pack_version": PACK_VERSION,
-                "cad.mask_mode": str(source.meta.get("mode", "")), "cad.weights": str(count),
-                "cad.mask_meta": json.dumps(source.meta, default=str)[:65536]}
+                "cad.mask_mode": source.info.mode or "", "cad.weights": str(count),
+                "cad.mask_meta": json.dumps(source.info.to_json_dict(), default=str)[:65536]}
     return _write(path, tensors, metadata)

@@ -2,7 +2,7 @@
 
 Scope presets (scopes.py), block names and their short labels (blocks.py, the node charts, the map), the
 README's supported-models table (scripts/readme_tables.py) and the family tests read these records.
-Adding a family = adding a record here, its reduced model in tests/family_models.py and its README row
+Adding a family = adding a record here, its reduced model in scripts/family_models.py and its README row
 (regenerated). Patterns are written against ComfyUI's own parameter names (checked on models built from
 comfy.supported_models).
 

@@ -12,6 +12,7 @@ import torch
 from .blocks import block_of, block_sort_key
 from .errors import CADError
 from .fingerprint import require_same_model
+from .mask_info import MaskInfo
 
 
 @dataclass
@@ -24,7 +25,12 @@ class Mask:
     indices: dict[str, torch.Tensor]
     shapes: dict[str, tuple]
     fingerprint: str
-    meta: dict = field(default_factory=dict)
+    info: MaskInfo = field(default_factory=MaskInfo)
+
+    def __post_init__(self):
+        if not isinstance(self.info, MaskInfo):
+            raise TypeError(f"Mask.info must be a MaskInfo (the record that replaced the meta dict), "
+                            f"got {type(self.info).__name__}.")
 
     @property
     def count(self) -> int:
@@ -32,7 +38,7 @@ class Mask:
 
     @property
     def scoped_weights(self) -> int:
-        return int(self.meta.get("scoped_weights") or sum(math.prod(s) for s in self.shapes.values()))
+        return int(self.info.scoped_weights or sum(math.prod(s) for s in self.shapes.values()))
 
     def check_valid(self) -> None:
         for key, idx in self.indices.items():
@@ -49,7 +55,7 @@ class Mask:
     def check_nonempty(self) -> None:
         if self.count == 0:
             raise CADError(
-                f"This {self.meta.get('mode', 'CAD')} mask selects no weights, so applying it would change nothing. "
+                f"This {self.info.mode or 'CAD'} mask selects no weights, so applying it would change nothing. "
                 f"Use a larger ratio, or granularity 'per_matrix' or 'global' (per_row selects nothing in rows "
                 f"narrower than 1/ratio, and only components whose score has the right sign).")
 
@@ -63,8 +69,8 @@ class Mask:
 
     def summary(self) -> dict:
         scoped = self.scoped_weights
-        return {"mode": self.meta.get("mode"), "ratio": self.meta.get("ratio"),
-                "granularity": self.meta.get("granularity"), "selected": self.count,
+        return {"mode": self.info.mode, "ratio": self.info.ratio,
+                "granularity": self.info.granularity, "selected": self.count,
                 "scoped_weights": scoped, "percent_of_scope": 100.0 * self.count / max(scoped, 1),
                 "matrices_touched": sum(1 for i in self.indices.values() if i.numel()),
                 "blocks": self.per_block()}
@@ -101,11 +107,10 @@ def union(masks: list[Mask]) -> Mask:
             shapes[key] = tuple(shape)
         for key, idx in m.indices.items():
             indices[key] = idx if key not in indices else torch.unique(torch.cat([indices[key], idx]))
-    modes = sorted({str(m.meta.get("mode")) for m in masks})
-    meta = {"mode": "+".join(modes), "combined_from": [m.meta for m in masks],
-            "scoped_weights": sum(math.prod(s) for s in shapes.values()),
-            "ratio": None, "granularity": "combined"}
-    return Mask(indices, shapes, masks[0].fingerprint, meta)
+    modes = sorted({str(m.info.mode) for m in masks})
+    info = MaskInfo(mode="+".join(modes), combined_from=tuple(m.info for m in masks),
+                    scoped_weights=sum(math.prod(s) for s in shapes.values()), granularity="combined")
+    return Mask(indices, shapes, masks[0].fingerprint, info)
 
 
 def protect(mask: Mask, reference) -> Mask:
@@ -125,9 +130,9 @@ def protect(mask: Mask, reference) -> Mask:
         carries = scores.reshape(-1)[idx] > 0
         kept[key] = idx[~carries]
         dropped += int(carries.sum())
-    meta = {**mask.meta, "protected_dropped": mask.meta.get("protected_dropped", 0) + dropped,
-            "protect_objective": reference.meta.get("objective")}
-    return Mask(kept, dict(mask.shapes), mask.fingerprint, meta)
+    info = mask.info.replace(protected_dropped=(mask.info.protected_dropped or 0) + dropped,
+                             protect_objective=reference.info.objective)
+    return Mask(kept, dict(mask.shapes), mask.fingerprint, info)
 
 
 def require_shared_weights(reference, keys) -> None:

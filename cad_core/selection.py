@@ -11,6 +11,7 @@ from .attribution import Attribution
 from .errors import CADError
 from .fingerprint import require_same_model
 from .mask import Mask, protect, require_shared_weights, split_flat_indices
+from .mask_info import MaskInfo
 
 GRANULARITIES = ("per_row", "per_matrix", "global")
 PROTECT_MODES = ("subtract", "drop")
@@ -41,10 +42,9 @@ def select_components(attribution: Attribution, mode: str, ratio: float, granula
         pick = _select_rows if granularity == "per_row" else _select_matrix
         indices = {k: pick(s, sign, ratio) for k, s in attribution.scores.items()}
     shapes = {k: tuple(s.shape) for k, s in attribution.scores.items()}
-    meta = {"mode": mode, "ratio": ratio, "granularity": granularity,
-            "scoped_weights": attribution.total_weights,
-            "objective": attribution.meta.get("objective"), "scope": attribution.meta.get("scope")}
-    return Mask(indices, shapes, attribution.fingerprint, meta)
+    info = MaskInfo(mode=mode, ratio=ratio, granularity=granularity, scoped_weights=attribution.total_weights,
+                    objective=attribution.info.objective, scope=attribution.info.scope)
+    return Mask(indices, shapes, attribution.fingerprint, info)
 
 
 def _select_rows(scores: torch.Tensor, sign: float, ratio: float) -> torch.Tensor:
@@ -88,13 +88,13 @@ def select_protected(attribution: Attribution, mode: str, ratio: float, granular
     keep = list(keep)
     if keep and protect_mode == "subtract":
         mask = select_components(contrast(attribution, keep, mode, weight), mode, ratio, granularity)
-        mask.meta.update(protect_mode="subtract", protect_weight=float(weight), protected=len(keep))
+        mask.info = mask.info.replace(protect_mode="subtract", protect_weight=float(weight), protected=len(keep))
         return mask
     mask = select_components(attribution, mode, ratio, granularity)
     for reference in keep:
         mask = protect(mask, reference)
     if keep:
-        mask.meta.update(protect_mode="drop", protected=len(keep))
+        mask.info = mask.info.replace(protect_mode="drop", protected=len(keep))
     return mask
 
 
@@ -134,9 +134,9 @@ def contrast(attribution: Attribution, protected, mode: str = "erase", weight: f
         if kept:
             share = share - sign * float(weight) * torch.stack(kept).amax(0)
         scores[key] = share
-    meta = {**attribution.meta, "protect_mode": "subtract", "protect_weight": float(weight),
-            "protected_concepts": len(protected)}
-    return Attribution(scores, attribution.fingerprint, meta, [])
+    info = attribution.info.replace(protect_mode="subtract", protect_weight=float(weight),
+                                    protected_concepts=len(protected))
+    return Attribution(scores, attribution.fingerprint, info, [])
 
 
 def _mass(attribution: Attribution, sign: float) -> float:

@@ -1,7 +1,8 @@
 """Attribution and mask files: safetensors (no pickle, nothing executed) with JSON metadata.
 
 Layout: one tensor per weight key (fp32 scores, or int32 flat indices for masks) and string
-metadata `cad.kind`, `cad.format_version`, `cad.fingerprint`, `cad.pack_version`, `cad.meta` (JSON),
+metadata `cad.kind`, `cad.format_version`, `cad.fingerprint`, `cad.pack_version`, `cad.meta` (JSON of the
+AttributionInfo or MaskInfo record),
 and for masks `cad.shapes` (JSON {key: shape}).
 """
 import contextlib
@@ -15,9 +16,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .attribution import Attribution
+from .attribution_info import AttributionInfo
 from .errors import CADError, CADFileError
 from .fingerprint import ModelFingerprints, require_same_model
 from .mask import Mask
+from .mask_info import MaskInfo
 from .version import FORMAT_VERSION, PACK_VERSION
 
 KINDS = ("attribution", "mask")
@@ -25,12 +28,12 @@ KINDS = ("attribution", "mask")
 
 def save_attribution(attribution: Attribution, path: str) -> str:
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in attribution.scores.items()}
-    return _write(path, tensors, _metadata("attribution", attribution.fingerprint, attribution.meta))
+    return _write(path, tensors, _metadata("attribution", attribution.fingerprint, attribution.info.to_json_dict()))
 
 
 def save_mask(mask: Mask, path: str) -> str:
     tensors = {k: v.to("cpu", torch.int32).contiguous() for k, v in mask.indices.items()}
-    meta = _metadata("mask", mask.fingerprint, mask.meta)
+    meta = _metadata("mask", mask.fingerprint, mask.info.to_json_dict())
     meta["cad.shapes"] = json.dumps({k: list(s) for k, s in mask.shapes.items()})
     return _write(path, tensors, meta)
 
@@ -40,7 +43,8 @@ def load_attribution(path: str, expected_fingerprint: "str | ModelFingerprints |
     for k, t in tensors.items():
         if not t.is_floating_point():
             raise CADFileError(f"{_name(path)}: attribution entry '{k}' holds {t.dtype} values, expected floats.")
-    attribution = Attribution({k: t.float() for k, t in tensors.items()}, meta["fingerprint"], meta["meta"])
+    attribution = Attribution({k: t.float() for k, t in tensors.items()}, meta["fingerprint"],
+                              _info(AttributionInfo, meta["meta"], path))
     try:
         attribution.check_usable()
     except CADError as e:
@@ -58,10 +62,11 @@ def load_mask(path: str, expected_fingerprint: "str | ModelFingerprints | None" 
     for k, t in tensors.items():
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise CADFileError(f"{_name(path)}: mask entry '{k}' holds {t.dtype} values, expected integer indices.")
-    scoped = meta["meta"].get("scoped_weights")
-    if scoped is not None and (isinstance(scoped, bool) or not isinstance(scoped, int) or scoped < 0):
-        raise CADFileError(f"{_name(path)}: the mask's 'scoped_weights' metadata is {scoped!r}, expected a count.")
-    mask = Mask({k: t.long() for k, t in tensors.items()}, shapes, meta["fingerprint"], meta["meta"])
+    info = _info(MaskInfo, meta["meta"], path)
+    if info.scoped_weights is not None and info.scoped_weights < 0:
+        raise CADFileError(f"{_name(path)}: the mask's 'scoped_weights' metadata is {info.scoped_weights!r}, "
+                           f"expected a count.")
+    mask = Mask({k: t.long() for k, t in tensors.items()}, shapes, meta["fingerprint"], info)
     try:
         mask.check_valid()
     except CADError as e:
@@ -72,6 +77,16 @@ def load_mask(path: str, expected_fingerprint: "str | ModelFingerprints | None" 
 def read_kind(path: str) -> str:
     """'attribution' or 'mask', from the header alone (cheap; used to route a loaded file)."""
     return _header(path)["cad.kind"]
+
+
+def _info(record, meta: dict, path: str):
+    """The typed record of a file's 'cad.meta' (AttributionInfo or MaskInfo), or a CADFileError naming the file."""
+    try:
+        return record.from_json_dict(meta)
+    except CADError as e:
+        raise CADFileError(f"{_name(path)}: {e}") from None
+    except RecursionError:
+        raise CADFileError(f"{_name(path)} has malformed 'cad.meta' metadata (nested too deeply).") from None
 
 
 def _metadata(kind: str, fingerprint: str, meta: dict) -> dict:

@@ -12,6 +12,7 @@ import torch
 from .attribution import Attribution
 from .errors import CADError
 from .mask import Mask, split_flat_indices
+from .mask_info import MaskInfo
 
 # measure(mask, strength) -> J on fixed latents and noise, with the mask applied (None = unedited).
 Measure = Callable[[Optional[Mask], float], float]
@@ -53,8 +54,8 @@ def random_mask(attribution: Attribution, size: int, generator: torch.Generator)
     flat = torch.randperm(total, generator=generator)[:size].sort().values
     indices = {k: idx for k, idx in split_flat_indices(flat, sizes).items() if idx.numel()}
     shapes = {k: tuple(s.shape) for k, s in attribution.scores.items()}
-    return Mask(indices, shapes, attribution.fingerprint, {"mode": "random", "ratio": None, "granularity": "random",
-                                                           "scoped_weights": total})
+    return Mask(indices, shapes, attribution.fingerprint, MaskInfo(mode="random", granularity="random",
+                                                                   scoped_weights=total))
 
 
 def faithfulness(measure: Measure, attribution: Attribution, sets: int, set_size: int, seed: int = 0,

@@ -24,55 +24,43 @@ class CADAttribute(io.ComfyNode):
                 "sampling timesteps (CAD, arXiv 2412.02542). Positive scores carry the concept, negative ones "
                 "suppress it. Feed the result to CAD Erase Mask or CAD Amplify Mask."),
             inputs=[
-                io.Model.Input("model", tooltip="The model to attribute. It is not modified."),
+                io.Model.Input("model", tooltip="The model to attribute; it is not modified."),
                 io.Conditioning.Input("positive", tooltip="The concept, e.g. CLIPTextEncode('a photo of a cat')."),
                 io.Conditioning.Input("base", tooltip="What the concept is measured against, usually the empty "
-                                      "prompt. It also serves as the negative prompt for guidance."),
-                io.Latent.Input("latent", tooltip="Sets the latent size (e.g. Empty Latent Image). Its batch size is "
-                                "ignored; use 'samples' for more trajectories."),
+                                      "prompt; also the negative prompt of the guidance."),
+                io.Latent.Input("latent", tooltip="Only its size is used (e.g. Empty Latent Image at your "
+                                "sampling size); batch size is ignored."),
                 io.Combo.Input("objective", options=list(OBJECTIVES), default=default("objective"),
                                tooltip=objectives_help()),
                 io.Int.Input("steps", default=default("steps"), min=1, max=MAX_STEPS,
-                             tooltip="Sampling timesteps visited; each costs one forward+backward pass. Fewer steps "
-                             "give a different mask: on the toy world, erase masks from 20 steps overlap those from 50 "
-                             "with a Jaccard index of 0.75 and erase about as well; from 10 steps 0.58, from 5 steps "
-                             "0.38, and 5 steps erase less (benchmarks/results/steps_study.md)."),
+                             tooltip="Timesteps visited, each one forward+backward pass; 20 is a good default, fewer "
+                             "steps give a different mask."),
                 io.Float.Input("guidance", default=default("guidance"), min=0.0, max=MAX_GUIDANCE, step=0.1,
                                tooltip="Classifier-free guidance of the sampled trajectories (reference: 3.0)."),
                 io.Int.Input("seed", default=default("seed"), min=0, max=MAX_SEED, tooltip="Noise seed of the trajectories."),
                 io.Int.Input("samples", default=default("samples"), min=1, max=MAX_SAMPLES,
-                             tooltip="Trajectories averaged over (more = steadier scores). With concept_latent, every "
-                             "image is used at least once."),
+                             tooltip="Trajectories averaged over: 1 is the default, 2-4 give steadier scores at 2-4x "
+                             "the cost."),
                 io.Combo.Input("scope", options=list(SCOPE_PRESETS), default=default("scope"),
-                               tooltip="Which weights to score. ff: transformer feed-forward matrices (the paper's "
-                               "choice); attention: q/k/v/out projections; all_linear: every 2-D weight; regex: "
-                               "the pattern in scope_regex."),
+                               tooltip="Which weights to score: ff (the paper's choice), attention, ff+attention, "
+                               "all_linear, or regex (scope_regex)."),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default=default("schedule"),
-                               tooltip="single: one trajectory visited once, O(steps). reference: the reference "
-                               "code's restart-per-step sampling, O(steps^2), for comparisons."),
+                               tooltip="single: one trajectory, O(steps); reference: the reference code's restart-per-"
+                               "step sampling, O(steps^2), for comparisons."),
                 io.String.Input("scope_regex", default=default("scope_regex"), optional=True,
-                                tooltip="With scope 'regex': a Python regex over weight names such as "
-                                "'diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight'."),
+                                tooltip="With scope regex: a Python regex over weight names, e.g. 'attn2\\.to_[kv]' "
+                                "for the cross-attention keys and values."),
                 io.Latent.Input("concept_latent", optional=True,
-                                tooltip="concept_likelihood only: latents of images showing the concept (VAE "
-                                "Encode). Without them the model's own samples for the concept are used."),
+                                tooltip="concept_likelihood only: VAE-encoded images of the concept; without it the "
+                                "model's own samples are used."),
                 io.Int.Input("memory_budget_mb", default=default("memory_budget_mb"), min=0, max=MAX_BUDGET_MB,
                              optional=True,
-                             tooltip="Advanced. 0 = no limit. Otherwise the most memory (MB) CAD may take beyond "
-                             "the loaded model: what one differentiated step keeps for its backward pass (measured by "
-                             "one extra forward before the run, at this latent size) plus 8 bytes per scoped weight "
-                             "(fp32 gradient sum, and an fp32 weight copy where the model computes with a cast of its "
-                             "weights). A larger scope is attributed in chunks, one pass per chunk over the same "
-                             "trajectories (same result, one set of UNet calls per pass). Flux's ff scope needs ~58 GB "
-                             "unchunked. With gradient_checkpointing auto, the way with fewer passes is taken."),
+                             tooltip="Advanced: most memory in MB CAD may take beyond the loaded model, attributing "
+                             "in chunks if needed; 0 = no limit."),
                 io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING),
                                default=default("gradient_checkpointing"), optional=True,
-                               tooltip="Advanced. on: each block keeps only its inputs during the differentiated "
-                               "forward and recomputes the rest in the backward pass: far less memory (a third on "
-                               "SD1.5, CPU), same scores, one more forward of each block per step. auto: always on a "
-                               "CPU; on a GPU, on when what autograd would keep (estimated from one no-grad forward "
-                               "plus the weight copies) exceeds a quarter of the memory free after loading. Never "
-                               "used for models without a preset. off: keep everything."),
+                               tooltip="Advanced: on recomputes blocks in backward (less memory, same scores); auto: "
+                               "always on a CPU, on a GPU when memory is short."),
             ],
             outputs=[CadAttribution.Output(display_name="attribution",
                                            tooltip="Per-weight scores; connect to CAD Erase/Amplify Mask or Save.")],

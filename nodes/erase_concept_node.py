@@ -67,7 +67,7 @@ class CADEraseConcept(io.ComfyNode):
                                 tooltip="What each erased prompt should look like instead: one line each, one for "
                                 "all, or empty for the empty prompt."),
                 io.Float.Input("overshoot", default=DEFAULT_OVERSHOOT, min=0.0, max=4.0, step=0.05, optional=True,
-                               tooltip="How far past the guide to aim, away from the concept. 0 maps onto the guide."),
+                               tooltip="How far past the guide to aim, away from the concept: 0 maps onto the guide."),
                 io.Float.Input("preserve", default=DEFAULT_PRESERVE, min=0.0, max=100.0, step=0.05, optional=True,
                                tooltip="How strongly the kept prompts hold their outputs."),
                 io.Int.Input("text_rows", default=DEFAULT_TEXT_ROWS, min=1, max=4096, optional=True,

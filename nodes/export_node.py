@@ -12,8 +12,8 @@ from ..cad_core.export import save_lora
 from .bridge import model_fingerprints
 from .bridge.edits import apply_edit
 from .bridge.export import lora_from_mask
+from .bridge.files import folder_relative, prefix_problem, save_new_file
 from .cad_types import CadEdit, CadMask
-from .file_nodes import folder_relative, prefix_problem, save_new_file
 from .ui_text import bounded
 from .validation import check_choices, check_numbers, require_numbers
 
@@ -57,7 +57,7 @@ class CADSaveMaskAsLoRA(_SaveAsLoRA):
                 "CAD Mask's strength. Use it to take the edit to another workflow or UI."),
             inputs=[
                 io.Model.Input("model", tooltip="The model the mask was made for, with the LoRAs you will load "
-                               "before this one (the file cancels the weights as this MODEL holds them)."),
+                               "before this file already applied."),
                 CadMask.Input("mask", tooltip="From CAD Erase Mask, CAD Amplify Mask or Load CAD Mask."),
                 _prefix_input("cad_erase"),
             ],
@@ -100,7 +100,8 @@ class CADLoadEdit(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model the edit was made for (checked by fingerprint)."),
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list(LORAS),
-                               tooltip="A LoRA file in models/loras/ written by a CAD Save ... as LoRA node."),
+                               tooltip="A LoRA file in models/loras/ written by Save CAD Edit as LoRA or "
+                               "Save CAD Mask as LoRA."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
                                tooltip="Scales the change: 1 is the saved edit, 0 changes nothing."),
             ],

@@ -6,17 +6,11 @@ from .cad_types import CadAttribution, CadMask
 from .validation import check_choices, check_numbers
 from .ui_text import bounded
 
-_GRANULARITY_TIP = ("per_row: in each output row, int(ratio * row width) entries (the reference's default; rows "
-                    "narrower than 1/ratio select nothing). per_matrix: int(ratio * size) per weight matrix. "
-                    "global: int(ratio * all scoped weights) over the whole scope.")
+_GRANULARITY_TIP = "How the ratio is counted: per output row (per_row, the reference's), per_matrix, or global."
 
 
-_PROTECT_MODE_TIP = (
-    "subtract: rank components by their share of this concept minus protect_weight x their share of the protected "
-    "one (each attribution divided by its own total), so components that carry both drop down the list and the "
-    "selection still reaches the ratio. drop: never select a component with a positive score for the protected "
-    "concept (on small models that vetoes most of what matters, so it erases little). On the toy world, subtract "
-    "kept the other shapes far better than no protection at the same count of weights: README, 'Selective erase'.")
+_PROTECT_MODE_TIP = ("subtract: rank by this concept's share minus the protected one's; drop: veto any component "
+                     "the protected concept uses.")
 
 
 def _mask_schema(node_id, display_name, description, ratio_tip):
@@ -28,16 +22,16 @@ def _mask_schema(node_id, display_name, description, ratio_tip):
             io.Combo.Input("granularity", options=list(GRANULARITIES), default="per_row", tooltip=_GRANULARITY_TIP),
             CadAttribution.Input("protect", optional=True,
                                  tooltip="Attribution of a concept to keep, made like the concept's (same model, "
-                                 "scope and objective). How it is kept: protect_mode."),
+                                 "scope and objective); see protect_mode."),
             CadAttribution.Input("protect_2", optional=True, tooltip="A second concept to keep."),
             CadAttribution.Input("protect_3", optional=True,
-                                 tooltip="A third concept to keep. Give each kept concept its own input: summed "
-                                 "into one attribution, they protect each other less."),
+                                 tooltip="A third concept to keep; give each kept concept its own input rather than "
+                                 "a sum."),
             io.Combo.Input("protect_mode", options=list(PROTECT_MODES), default="subtract", optional=True,
                            tooltip=_PROTECT_MODE_TIP),
             io.Float.Input("protect_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
-                           tooltip="subtract only: how much of the protected concept's share is taken off. 0 "
-                           "ignores the protect input; higher keeps the protected concept safer and erases less."),
+                           tooltip="subtract only: how much of the protected share is taken off; 0 ignores protect, "
+                           "higher keeps the protected concept safer."),
         ],
         outputs=[CadMask.Output(display_name="mask", tooltip="Selected components; connect to Apply CAD Mask, "
                                 "Save CAD Mask or CAD Combine Masks.")],
@@ -53,7 +47,7 @@ class CADEraseMask(io.ComfyNode):
             "CADEraseMask", "CAD Erase Mask",
             "Selects the components that carry the concept most (largest positive scores). Ablating them "
             "erases the concept.",
-            "Fraction of weights to select (0.001 = 0.1%, the reference default). Only positive scores qualify.")
+            "Fraction of weights to select, among positive scores only (0.001 = 0.1%, the reference default).")
 
     @classmethod
     def validate_inputs(cls, granularity, ratio=None, protect_mode="subtract", protect_weight=1.0):
@@ -79,7 +73,7 @@ class CADAmplifyMask(CADEraseMask):
             "Selects the components that suppress the concept most (most negative scores). Ablating them "
             "strengthens the concept. Use an attribution made with objective concept_likelihood (the paper's "
             "choice), or concept_gap to make a concept come through with less guidance (CFG).",
-            "Fraction of weights to select (0.001 = 0.1%). Only negative scores qualify.")
+            "Fraction of weights to select, among negative scores only (0.001 = 0.1%).")
 
 
 class CADCombineMasks(io.ComfyNode):

@@ -1,7 +1,7 @@
 """Check every install route the README names, the way a user takes it, on fresh ComfyUI copies in a scratch folder.
 
-    python scripts/check_install_routes.py                 # all routes (~5 min on 2 CPU cores, PyPI reachable)
-    python scripts/check_install_routes.py --routes clone-0.33.0,comfy-cli --keep
+    python -m scripts.check_install_routes                 # all routes (~5 min on 2 CPU cores, PyPI reachable)
+    python -m scripts.check_install_routes --routes clone-0.33.0,comfy-cli --keep
 
 Routes:
 - clone-0.3.75, clone-0.33.0: `git clone <this repository> ComfyUI/custom_nodes/comfyui-cad`, `python -m pip install
@@ -26,16 +26,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
-from comfy_server import free_port  # scripts/ is on sys.path when this file runs
+from scripts.comfy_client import ComfyClient, ComfyClientError
+from scripts.comfy_server import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "comfyui-cad"
@@ -135,28 +133,29 @@ def check_server(python, comfyui, extra_args=(), record=None, startup_timeout=30
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, cwd=comfyui, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
+    client = ComfyClient(f"http://127.0.0.1:{port}", timeout=10)
     t0 = time.time()
     try:
-        info = None
+        info, last_answer = None, None
         while info is None:
             if proc.poll() is not None:
                 raise RouteFailed(f"ComfyUI exited with {proc.returncode} during start-up; log {log_path}")
             if time.time() - t0 > startup_timeout:
-                raise RouteFailed(f"ComfyUI did not answer within {startup_timeout}s; log {log_path}")
+                raise RouteFailed(f"ComfyUI did not answer within {startup_timeout}s ({last_answer}); log {log_path}")
             try:
-                with urllib.request.urlopen(url + "/object_info", timeout=10) as r:
-                    info = json.loads(r.read())
-            except (urllib.error.URLError, ConnectionError, socket.timeout):
+                info = client.object_info()
+            except ComfyClientError as e:  # not listening yet
+                last_answer = e
                 time.sleep(1)
         seconds = time.time() - t0
         ours = sorted(k for k, v in info.items() if v.get("python_module") == f"custom_nodes.{PACK}")
-        try:
-            with urllib.request.urlopen(url + f"/extensions/{PACK}/docs/CADAttribute.md", timeout=10) as r:
-                page_ok = r.status == 200 and r.read().decode().startswith("# CAD Attribute")
-        except urllib.error.HTTPError as e:
-            page_ok = False
-            log(f"  GET /extensions/{PACK}/docs/CADAttribute.md: {e}")
+        page = f"/extensions/{PACK}/docs/CADAttribute.md"
+        status, body = client.request(page)
+        page_ok = status == 200 and body.decode("utf-8", "replace").startswith("# CAD Attribute")
+        if status != 200:
+            log(f"  GET {page}: HTTP {status}")
+    except ComfyClientError as e:  # gone, or answering unlike ComfyUI, once it had started
+        raise RouteFailed(str(e)) from None
     finally:
         proc.terminate()
         try:

@@ -6,6 +6,8 @@
 Everything the server reads or writes (custom_nodes, models, input, output, temp, user)
 lives under `base_dir` via `--base-directory`, so runs never touch the ComfyUI install.
 The repo itself is symlinked in as custom_nodes/comfyui-cad, exactly how users install it.
+This class owns the process; its HTTP goes through `self.client`, a scripts.comfy_client.ComfyClient (the methods
+below that talk to the server hand over to it).
 """
 import json
 import os
@@ -14,12 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 
-from pack_bootstrap import REPO, find_comfyui  # scripts/ is on sys.path wherever this module is found
+from scripts.comfy_client import ComfyClient, ComfyClientError, ServerLost
+from scripts.pack_bootstrap import REPO, find_comfyui
 
 PACK_DIR_NAME = "comfyui-cad"
 
@@ -55,6 +55,7 @@ class ComfyServer:
         self.model_files = {sub: [os.path.abspath(f) for f in files] for sub, files in (model_files or {}).items()}
         self.startup_timeout = startup_timeout
         self.url = f"http://127.0.0.1:{self.port}"
+        self.client = ComfyClient(self.url, timeout=60)
         self.proc = None
         self.startup_seconds = None
         self._log = None
@@ -93,20 +94,18 @@ class ComfyServer:
         t0 = time.time()
         self.proc = subprocess.Popen(self.command(), cwd=self.comfyui_path, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
+        probe, last_answer = ComfyClient(self.url, timeout=10), None
         while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
+            self._raise_if_exited("during start-up")
             try:
-                with urllib.request.urlopen(self.url + "/object_info", timeout=10) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, socket.timeout):
-                pass
+                probe.object_info()  # answers once every node is loaded
+                break
+            except ComfyClientError as e:
+                last_answer = e
             if time.time() - t0 > self.startup_timeout:
                 self.stop()
-                raise RuntimeError(f"ComfyUI did not answer /object_info within {self.startup_timeout}s; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
+                raise RuntimeError(f"ComfyUI did not answer /object_info within {self.startup_timeout}s "
+                                   f"({last_answer}); log {self.log_path}:\n{self.log_tail()}")
             time.sleep(0.5)
         self.startup_seconds = time.time() - t0
         return self
@@ -129,59 +128,45 @@ class ComfyServer:
     def __exit__(self, *exc):
         self.stop()
 
-    # -- HTTP --------------------------------------------------------------------------
-    def _request(self, path, data=None, timeout=60):
-        body = json.dumps(data).encode() if data is not None else None
-        req = urllib.request.Request(self.url + path, data=body,
-                                     headers={"Content-Type": "application/json"} if body else {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:  # 400 on validation errors still carries JSON
-            return e.code, e.read()
+    def _raise_if_exited(self, when="while running a prompt"):
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} {when}; log {self.log_path}:\n"
+                               f"{self.log_tail()}")
 
-    def _json(self, path, data=None):
-        status, raw = self._request(path, data)
-        return status, (json.loads(raw) if raw else None)
-
+    # -- HTTP, through self.client ---------------------------------------------------
     def post_prompt(self, api_graph, client_id=None):
-        payload = {"prompt": api_graph, "client_id": client_id or uuid.uuid4().hex}
-        return self._json("/prompt", payload)
+        """(status, body): 200 and the prompt id, or 400 and ComfyUI's validation errors."""
+        return self.client.post_prompt(api_graph, client_id)
 
     def queue(self, api_graph, client_id=None):
+        """The prompt id; AssertionError with ComfyUI's validation errors when it refuses the graph (tests)."""
         status, body = self.post_prompt(api_graph, client_id)
         if status != 200:
-            raise AssertionError(f"/prompt returned {status}: error={json.dumps((body or {}).get('error'))} "
-                                 f"node_errors={json.dumps((body or {}).get('node_errors'), indent=1)}")
+            raise AssertionError(f"/prompt returned {status}: error={json.dumps(body.get('error'))} "
+                                 f"node_errors={json.dumps(body.get('node_errors'), indent=1)}")
         return body["prompt_id"]
 
     def interrupt(self):
-        return self._request("/interrupt", {})[0]
+        return self.client.interrupt()
 
     def history(self, prompt_id):
-        return self._json(f"/history/{prompt_id}")[1].get(prompt_id)
+        return self.client.history(prompt_id)
 
     def wait(self, prompt_id, timeout=300):
         """The /history entry of a queued prompt once it has finished (poll; for prompts queued back-to-back)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            entry = self.history(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None:
-                return entry
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
-            time.sleep(0.2)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s; log tail:\n{self.log_tail()}")
+        try:
+            return self.client.wait(prompt_id, timeout, between_polls=self._raise_if_exited)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; log tail:\n{self.log_tail()}") from None
+        except ServerLost:
+            self._raise_if_exited()  # the likely reason, with the log
+            raise
 
     def object_info(self, node_class=None):
-        return self._json("/object_info" + (f"/{node_class}" if node_class else ""))[1]
+        return self.client.object_info(node_class)
 
     def view(self, filename, subfolder="", type="output"):
-        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
-        status, raw = self._request(f"/view?{q}")
-        if status != 200:
-            raise AssertionError(f"/view {q} returned {status}")
-        return raw
+        return self.client.view(filename, subfolder, type)
 
     def log_text(self):
         if self._log:

@@ -1,7 +1,7 @@
 """Concept bank: attribute a list of concepts on one or more running ComfyUI servers, one file per concept.
 
-    python scripts/concept_bank.py concepts.txt --demo-model --server http://127.0.0.1:8188 --out bank_out
-    python scripts/concept_bank.py concepts.txt --checkpoint sd15.safetensors --base "a photo" \\
+    python -m scripts.concept_bank concepts.txt --demo-model --server http://127.0.0.1:8188 --out bank_out
+    python -m scripts.concept_bank concepts.txt --checkpoint sd15.safetensors --base "a photo" \\
         --server http://gpu1:8188 --server http://gpu2:8188 --out bank_out --steps 20 --save both
 
 Each line of the concepts file is one concept, optionally with its own base prompt after a '|':
@@ -15,10 +15,12 @@ The Save nodes write models/cad/<prefix>/<slug>_NNNNN_.safetensors on that serve
 an existing file). The command keeps OUT/index.json and OUT/index.csv, rewritten atomically after every
 concept, so it can be killed and re-run: concepts the index marks done, whose files a server still lists, are
 skipped. A server that stops answering loses its concept to another server; if every server is gone the
-command stops (exit 3) with the index ready for a re-run.
+command stops (exit 3) with the index ready for a re-run. A --server URL where some other web server answers
+(an HTML page, JSON that is not ComfyUI's) is left out with a line on stderr, and the others carry on.
 
 Exit codes: 0 every concept done; 1 some concepts failed (the index holds the servers' messages);
-2 bad input (nothing was submitted); 3 every server was lost; 130 interrupted (Ctrl-C).
+2 bad input, or no --server is a ComfyUI server (nothing was submitted); 3 every server was lost;
+130 interrupted (Ctrl-C).
 
 Only the standard library is needed (tqdm, if installed, draws the progress bar).
 """
@@ -32,14 +34,11 @@ import re
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from hashlib import sha1
-from http.client import HTTPException
+
+from scripts.comfy_client import ComfyClient, ComfyClientError, NotComfyUI, ServerLost
 
 INDEX_FORMAT = 1
 TEMP_PREFIX = ".tmp-"  # the index's temporary files: OUT/.tmp-XXXX-index.json
@@ -53,10 +52,6 @@ SAVE_NODE = {"attribution": SAVE_ATTRIBUTION, "mask": SAVE_MASK}
 
 class BankInputError(Exception):
     """Bad input found before any work: the message says what was wrong, what was expected and how to fix it."""
-
-
-class ServerLost(Exception):
-    """A server stopped answering (refused, reset, timed out)."""
 
 
 # --- the concepts file ------------------------------------------------------------------------------------
@@ -190,73 +185,6 @@ def build_graph(concept: Concept, slug: str, s: Settings) -> dict:
         mask = add(MASK, "CADEraseMask", attribution=attribution, ratio=s.ratio, granularity=s.granularity)
         add(SAVE_MASK, "CADSaveMask", mask=mask, filename_prefix=f"{prefix}_erase")
     return graph
-
-
-# --- talking to a server -----------------------------------------------------------------------------------
-class Server:
-    """One ComfyUI server over HTTP; any failure to reach it raises ServerLost."""
-
-    def __init__(self, url: str, timeout: float = 30.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.client_id = uuid.uuid4().hex
-
-    def request(self, path: str, payload=None):
-        """(status, parsed JSON or None) for GET (payload None) or POST of JSON."""
-        body = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.url + path, data=body,
-                                     headers={"Content-Type": "application/json"} if body else {})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as e:  # 4xx/5xx still carry JSON from ComfyUI
-            status, raw = e.code, e.read()
-        except (urllib.error.URLError, ConnectionError, HTTPException, TimeoutError, OSError) as e:
-            raise ServerLost(f"{self.url} does not answer ({getattr(e, 'reason', e)})") from None
-        try:
-            return status, (json.loads(raw) if raw else None)
-        except ValueError:
-            return status, None
-
-    def get(self, path: str):
-        status, body = self.request(path)
-        if status != 200:
-            raise ServerLost(f"{self.url}{path} answered HTTP {status}")
-        return body
-
-    def submit(self, graph: dict):
-        """('queued', prompt_id) or ('refused', message) when ComfyUI rejects the prompt (validation)."""
-        status, body = self.request("/prompt", {"prompt": graph, "client_id": self.client_id})
-        if status == 200 and body and "prompt_id" in body:
-            return "queued", body["prompt_id"]
-        return "refused", describe_refusal(status, body)
-
-    def history(self, prompt_id: str):
-        return (self.get(f"/history/{urllib.parse.quote(prompt_id)}") or {}).get(prompt_id)
-
-    def queued_ids(self) -> set:
-        """Ids of the prompts the server is running or has waiting."""
-        queue = self.get("/queue") or {}
-        return {item[1] for item in queue.get("queue_running", []) + queue.get("queue_pending", [])}
-
-    def listed_files(self, folder: str = "cad") -> set:
-        status, body = self.request(f"/models/{folder}")
-        return set(body) if status == 200 and isinstance(body, list) else set()
-
-
-def describe_refusal(status, body) -> str:
-    """ComfyUI's /prompt validation error as one readable line per problem."""
-    if not isinstance(body, dict):
-        return f"/prompt answered HTTP {status}"
-    lines = []
-    error = body.get("error")
-    if isinstance(error, dict):
-        lines.append(f"{error.get('message', '')} {error.get('details', '')}".strip())
-    for node_id, node in (body.get("node_errors") or {}).items():
-        for e in node.get("errors", []):
-            lines.append(f"{node.get('class_type', '?')} (node {node_id}): {e.get('message', '')}: "
-                         f"{e.get('details', '')}".strip())
-    return "; ".join(line for line in lines if line) or f"/prompt answered HTTP {status}"
 
 
 @dataclass
@@ -420,21 +348,33 @@ def _replace_atomically(path: str, text: str) -> None:
 
 
 # --- checks before any work --------------------------------------------------------------------------------
-def check_servers(servers, settings: Settings) -> None:
-    """Every server answers, has the pack, knows the objective and scope, and has the checkpoint."""
-    problems = []
+def usable_servers(servers, settings: Settings) -> list:
+    """The servers to run on. A URL where some other web server answers (an HTML page, JSON that is not ComfyUI's)
+    is left out with one line on stderr, so one wrong URL in a long list does not lose the run. A ComfyUI that
+    cannot do the work (unreachable, no pack, no checkpoint) stops the command before anything is submitted, as
+    does a list where no ComfyUI is left."""
+    usable, problems = [], []
     for server in servers:
         try:
             problems += _server_problems(server, settings)
+        except NotComfyUI as e:
+            warn(f"{e} It is left out of this run.")
+            continue
         except ServerLost as e:
             problems.append(f"{e}: unreachable. Start ComfyUI there, or fix the --server URL "
                             f"(e.g. http://127.0.0.1:8188).")
+        usable.append(server)
     if problems:
         raise BankInputError("Server check failed, nothing was submitted:\n  " + "\n  ".join(problems))
+    if not usable:
+        raise BankInputError("No --server is a ComfyUI server (each one was left out, see above); nothing was "
+                             "submitted. Give the URL of a running ComfyUI with the pack, e.g. http://127.0.0.1:8188.")
+    return usable
 
 
-def _server_problems(server: Server, settings: Settings) -> list:
-    attribute = server.get("/object_info/CADAttribute").get("CADAttribute")
+def _server_problems(server: ComfyClient, settings: Settings) -> list:
+    server.system_stats()  # NotComfyUI unless ComfyUI answers there
+    attribute = server.object_info("CADAttribute").get("CADAttribute")
     if not attribute:
         return [f"{server.url}: the comfyui-cad pack is not installed there (no CADAttribute in /object_info). "
                 f"Put it in that ComfyUI's custom_nodes/ and restart it (README, 'Install into ComfyUI')."]
@@ -445,7 +385,7 @@ def _server_problems(server: Server, settings: Settings) -> list:
         if options and value not in options:
             problems.append(f"{server.url}: {name} {value!r} is not one this pack offers: {', '.join(options)}.")
     if settings.checkpoint is not None:
-        loader = server.get("/object_info/CheckpointLoaderSimple").get("CheckpointLoaderSimple") or {}
+        loader = server.object_info("CheckpointLoaderSimple").get("CheckpointLoaderSimple") or {}
         available = combo_options(loader.get("input", {}).get("required", {}).get("ckpt_name"))
         if settings.checkpoint not in available:
             listed = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "") if available else "none"
@@ -495,7 +435,7 @@ def adopt_submitted(index: Index, servers, concepts) -> dict:
         if server is not None and prompt_id and server.url not in adopted:
             try:
                 known = prompt_id in server.queued_ids() or server.history(prompt_id) is not None
-            except ServerLost:
+            except ComfyClientError:
                 known = False
         if known:
             adopted[server.url] = InFlight(by_key[key], prompt_id, entry.get("submitted_at") or time.time())
@@ -572,13 +512,13 @@ class Bank:
             time.sleep(POLL_SECONDS)
         return EXIT_FAILED if self.failed else EXIT_OK
 
-    def _submit(self, server: Server, concept: Concept) -> None:
+    def _submit(self, server: ComfyClient, concept: Concept) -> None:
         # before the request: the server may start the prompt before its answer reaches us, and wall_seconds
         # must hold the server's whole run
         submitted = time.time()
         try:
             state, detail = server.submit(build_graph(concept, self.slugs[concept.key], self.settings))
-        except ServerLost as e:
+        except ComfyClientError as e:
             self.pending.appendleft(concept)
             self._lose(server, e)
             return
@@ -590,7 +530,7 @@ class Bank:
         else:
             self._finish(server, InFlight(concept, "", submitted), Outcome(False, f"refused: {detail}"))
 
-    def _check(self, server: Server) -> None:
+    def _check(self, server: ComfyClient) -> None:
         flight = self.in_flight[server.url]
         try:
             entry = server.history(flight.prompt_id)
@@ -598,7 +538,7 @@ class Bank:
                 entry = server.history(flight.prompt_id)  # it may have finished between the two requests
                 if entry is None:
                     entry = {"status": {"status_str": "removed", "messages": []}}
-        except ServerLost as e:
+        except ComfyClientError as e:
             self._lose(server, e)
             return
         outcome = read_outcome(entry, self.settings) if entry else None
@@ -606,8 +546,9 @@ class Bank:
             del self.in_flight[server.url]
             self._finish(server, flight, outcome)
 
-    def _lose(self, server: Server, why: ServerLost) -> None:
-        """The server is gone: its concept goes back to the front of the queue for the servers still live."""
+    def _lose(self, server: ComfyClient, why: ComfyClientError) -> None:
+        """The server is gone, or no longer answers like ComfyUI: its concept goes back to the front of the queue
+        for the servers still live."""
         self.live.remove(server)
         flight = self.in_flight.pop(server.url, None)
         if flight is not None:
@@ -617,7 +558,7 @@ class Bank:
         moved = f"; '{flight.concept.text}' goes to another server" if flight else ""
         self.progress.note(f"server lost: {why}{moved} ({len(self.live)} server(s) left)")
 
-    def _finish(self, server: Server, flight: InFlight, outcome: Outcome) -> None:
+    def _finish(self, server: ComfyClient, flight: InFlight, outcome: Outcome) -> None:
         # seconds: the server's own run time of the prompt where its messages carry one; wall_seconds: from
         # submission until the command saw it finish (queue waits and polling included)
         wall_seconds = math.ceil((time.time() - flight.started) * 1000) / 1000  # rounded up: never below seconds
@@ -685,10 +626,10 @@ def parse_args(argv):
 def settings_from(args) -> Settings:
     size = args.size or (64 if args.demo_model else 512)
     ratio = args.ratio if args.ratio is not None else (0.05 if args.demo_model else 0.001)
-    problems = []
+    problems = _unusable_numbers(args)
     if args.steps < 1 or args.samples < 1:
         problems.append("--steps and --samples must be at least 1.")
-    if not 0 < ratio <= 1:
+    if math.isfinite(ratio) and not 0 < ratio <= 1:
         problems.append(f"--ratio must be in (0, 1], got {ratio} (0.001 selects 0.1% of the weights).")
     if size < 8 or size % 8:
         problems.append(f"--size must be a positive multiple of 8, got {size}.")
@@ -705,63 +646,117 @@ def settings_from(args) -> Settings:
                     granularity=args.granularity, save=SAVE_CHOICES[args.save], prefix=args.prefix.strip("/"))
 
 
-def prepare(args):
-    """Everything checked before any work: (servers, settings, index, concepts to submit, prompts of an earlier
-    run to follow, slugs, skipped lines)."""
-    settings = settings_from(args)
-    concept_list = read_concepts(args.concepts, args.base)
-    urls = [u.rstrip("/") for u in args.server]
+def _unusable_numbers(args) -> list:
+    """argparse's float() takes 'nan' and 'inf': every float option (those of today and any added later) must be a
+    finite number, and --timeout a positive one."""
+    problems = [f"--{name.replace('_', '-')} must be a finite number, got {value}."
+                for name, value in vars(args).items() if isinstance(value, float) and not math.isfinite(value)]
+    if math.isfinite(args.timeout) and args.timeout <= 0:
+        problems.append(f"--timeout must be a positive number of seconds, got {args.timeout}.")
+    return problems
+
+
+def clients_for(urls, timeout: float) -> list:
+    """One client per --server URL, or BankInputError naming the URLs given twice or not http(s)."""
+    urls = [u.rstrip("/") for u in urls]
     repeated = sorted({u for u in urls if urls.count(u) > 1})
     if repeated:
         raise BankInputError(f"--server {', '.join(repeated)} is given more than once; give each server once.")
-    servers = [Server(u, args.timeout) for u in urls]
-    check_servers(servers, settings)
-    slugs = slugs_for(concept_list.concepts)
+    clients, problems = [], []
+    for url in urls:
+        try:
+            clients.append(ComfyClient(url, timeout))
+        except ValueError as e:
+            problems.append(f"--server {e}.")
+    if problems:
+        raise BankInputError("Bad --server URL(s):\n  " + "\n  ".join(problems))
+    return clients
+
+
+def open_index(out: str, settings: Settings, concepts, slugs) -> Index:
+    """The index in --out (created), with what an earlier run there did."""
     try:
-        os.makedirs(args.out, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise BankInputError(f"--out {args.out!r} cannot be used as a folder ({e.strerror}). Give a folder path "
+        raise BankInputError(f"--out {out!r} cannot be used as a folder ({e.strerror}). Give a folder path "
                              f"(it is created if missing).") from None
-    index = Index(args.out, settings, concept_list.concepts, slugs)
+    index = Index(out, settings, concepts, slugs)
     index.remove_stale_temporaries()
     index.load_previous()
+    return index
+
+
+@dataclass
+class Plan:
+    """What a run works from, all checked before any work."""
+    servers: list
+    settings: Settings
+    index: Index
+    todo: list  # concepts to submit
+    adopted: dict  # prompts of an earlier run to follow: {server url: InFlight}
+    slugs: dict
+    skipped_lines: list
+
+
+def prepare(args) -> Plan:
+    """The settings, the concepts and the servers are checked in that order (bad settings reach no server); then
+    the index in --out is opened and what an earlier run did there is taken over."""
+    settings = settings_from(args)
+    concept_list = read_concepts(args.concepts, args.base)
+    servers = usable_servers(clients_for(args.server, args.timeout), settings)
+    slugs = slugs_for(concept_list.concepts)
+    index = open_index(args.out, settings, concept_list.concepts, slugs)
     drop_done_without_files(index, servers)
     adopted = adopt_submitted(index, servers, concept_list.concepts)
     started = index.done_keys() | {flight.concept.key for flight in adopted.values()}
     todo = [c for c in concept_list.concepts if c.key not in started]
-    return servers, settings, index, todo, adopted, slugs, concept_list.skipped_lines
+    return Plan(servers, settings, index, todo, adopted, slugs, concept_list.skipped_lines)
+
+
+def warn(text: str) -> None:
+    print(f"concept bank: {text}", file=sys.stderr, flush=True)
+
+
+def run_plan(plan: Plan) -> int:
+    """Run the bank; Ctrl-C leaves the submitted prompts running and the index ready for a re-run."""
+    progress = Progress(len(plan.todo) + len(plan.adopted), len(plan.index.done_keys()))
+    if plan.adopted:
+        progress.note(f"following {len(plan.adopted)} prompt(s) an earlier run left on its server(s)")
+    try:
+        code = Bank(plan.servers, plan.settings, plan.index, plan.todo, plan.slugs, progress, plan.adopted).run()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    progress.close()
+    if code == EXIT_INTERRUPTED:
+        warn(f"interrupted. Prompts already submitted keep running on their servers; re-run the same command to "
+             f"collect them and do the rest (index: {plan.index.json_path}).")
+    return code
+
+
+def summary_line(index: Index) -> str:
+    statuses = [e["status"] for e in index.entries.values()]
+    done, failed = statuses.count("done"), statuses.count("failed")
+    return f"{done} done, {failed} failed, {len(statuses) - done - failed} not done; index: {index.json_path}"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        servers, settings, index, todo, adopted, slugs, skipped = prepare(args)
+        plan = prepare(args)
     except BankInputError as e:
-        print(f"concept bank: {e}", file=sys.stderr)
+        warn(str(e))
         return EXIT_BAD_INPUT
-    except ServerLost as e:  # answered the checks, then went away before the run began
-        print(f"concept bank: {e}. Nothing was submitted; re-run once the server answers.", file=sys.stderr)
+    except ComfyClientError as e:  # answered the checks, then went away before the run began
+        warn(f"{e}. Nothing was submitted; re-run once the server answers.")
         return EXIT_BAD_INPUT
+    skipped = plan.skipped_lines
     if skipped:
-        print(f"concept bank: skipped {len(skipped)} empty or '#' line(s): {', '.join(map(str, skipped[:20]))}"
-              f"{' ...' if len(skipped) > 20 else ''}", file=sys.stderr)
-    index.write()
-    progress = Progress(len(todo) + len(adopted), len(index.done_keys()))
-    if adopted:
-        progress.note(f"following {len(adopted)} prompt(s) an earlier run left on its server(s)")
-    try:
-        code = Bank(servers, settings, index, todo, slugs, progress, adopted).run()
-    except KeyboardInterrupt:
-        progress.close()
-        print(f"concept bank: interrupted. Prompts already submitted keep running on their servers; re-run the same "
-              f"command to collect them and do the rest (index: {index.json_path}).", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    progress.close()
-    entries = index.entries.values()
-    done = sum(e["status"] == "done" for e in entries)
-    failed = sum(e["status"] == "failed" for e in entries)
-    print(f"concept bank: {done} done, {failed} failed, {len(index.entries) - done - failed} not done; "
-          f"index: {index.json_path}", file=sys.stderr)
+        warn(f"skipped {len(skipped)} empty or '#' line(s): {', '.join(map(str, skipped[:20]))}"
+             f"{' ...' if len(skipped) > 20 else ''}")
+    plan.index.write()
+    code = run_plan(plan)
+    if code != EXIT_INTERRUPTED:
+        warn(summary_line(plan.index))
     return code
 
 

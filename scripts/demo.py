@@ -6,7 +6,7 @@ server's /object_info, runs it, and writes to output/demo/:
   grid.png       rows = prompts, columns = original / CAD-Erase / CAD-Amplify
   summary.md     shape and colour accuracy of every cell, scored by the toy world's scorers
   summary.json   the same numbers plus the CAD nodes' UI outputs
-Run: make demo   (or .venv/bin/python scripts/demo.py)
+Run: make demo   (or .venv/bin/python -m scripts.demo)
 """
 import argparse
 import io
@@ -17,13 +17,11 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from comfy_server import REPO, ComfyServer, reset_dir  # noqa: E402
-from example_workflows import DEMO_BRANCHES as BRANCHES, DEMO_NAME  # noqa: E402
-from make_example_workflows import workflow_path  # noqa: E402
-from workflow_format import ui_to_api  # noqa: E402
+from scripts.comfy_server import REPO, ComfyServer, reset_dir
+from scripts.pack_bootstrap import import_pack
+from scripts.example_workflows import DEMO_BRANCHES as BRANCHES, DEMO_NAME
+from scripts.make_example_workflows import workflow_path
+from scripts.workflow_format import ui_to_api
 
 OUT_DIR = os.path.join(REPO, "output", "demo")
 UI_FILE = workflow_path(DEMO_NAME)
@@ -69,8 +67,9 @@ def save_nodes_of(graph: dict) -> dict:
 def cell_scores(images, prompt):
     """Shape and colour accuracy of one cell's images for the shape and colour its prompt names."""
     import torch
-    from toyworld.scorers import classify_colours, classify_shapes, load_shape_classifier
-    from toyworld.world import COLOUR_NAMES, SHAPES
+    import_pack(cpu=True)  # the toy world's scorers live in the pack (nodes/toyworld)
+    from cad_pack.nodes.toyworld.scorers import classify_colours, classify_shapes, load_shape_classifier
+    from cad_pack.nodes.toyworld.world import COLOUR_NAMES, SHAPES
     colour, shape = prompt.split()[1:3]
     x = torch.from_numpy(np.stack([np.asarray(im.resize((32, 32)), dtype=np.float32) / 255 for im in images]))
     x = x.permute(0, 3, 1, 2)

@@ -1,19 +1,15 @@
 """Write tests/data/flux_comfyui_0.3.75_v2_{attribution,mask}.safetensors: what a user of ComfyUI 0.3.75 saved
-for a Flux checkpoint (here the reduced random Flux of tests/family_models.py), to be loaded by the test suite
+for a Flux checkpoint (here the reduced random Flux of scripts/family_models.py), to be loaded by the test suite
 under every newer ComfyUI the pack supports (tests/test_comfyui_versions.py).
 
-    COMFYUI_PATH=.comfyui/ComfyUI .venv/bin/python scripts/make_cross_version_files.py
+    COMFYUI_PATH=.comfyui/ComfyUI .venv/bin/python -m scripts.make_cross_version_files
 """
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-from pack_bootstrap import import_pack  # noqa: E402
+from scripts.pack_bootstrap import REPO, import_pack
 
 import_pack(cpu=True)
-sys.path.insert(0, os.path.join(REPO, "tests"))
-import cross_version as X  # noqa: E402
+from scripts import cross_version as X  # noqa: E402  (builds the pack's records: the pack first)
 from cad_pack.cad_core import save_attribution, save_mask  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """Write example_workflows/<name>.json (UI format) for every example in scripts/example_workflows.py, and
 with --thumbnails run each on a real headless ComfyUI and save <name>.jpg from its images.
 
-    .venv/bin/python scripts/make_example_workflows.py               # JSON only (needs a server start, ~15 s)
-    .venv/bin/python scripts/make_example_workflows.py --thumbnails  # also run them (~1 min on 2 CPU cores)
+    .venv/bin/python -m scripts.make_example_workflows               # JSON only (needs a server start, ~15 s)
+    .venv/bin/python -m scripts.make_example_workflows --thumbnails  # also run them (~1 min on 2 CPU cores)
     make examples                                                   # the same as --thumbnails
 
 ComfyUI's template browser asks custom-node packs for `<name>.jpg` next to `<name>.json`
@@ -12,14 +12,10 @@ import argparse
 import io
 import json
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from comfy_server import REPO, ComfyServer, reset_dir  # noqa: E402
-from example_workflows import all_examples  # noqa: E402
-from workflow_format import add_note, api_to_ui, ui_to_api  # noqa: E402
+from scripts.comfy_server import REPO, ComfyServer, reset_dir
+from scripts.example_workflows import all_examples
+from scripts.workflow_format import add_note, api_to_ui, ui_to_api
 
 EXAMPLES_DIR = os.path.join(REPO, "example_workflows")
 THUMBNAIL_PX = 256

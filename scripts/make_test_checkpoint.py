@@ -10,14 +10,14 @@ ComfyUI's own classes:
 Every tensor is filled from a seeded generator (ComfyUI ops skip weight init), and the
 file is written in fp16 with ComfyUI's own checkpoint key layout.
 
-    python scripts/make_test_checkpoint.py [--out PATH] [--seed 0] [--check]
+    python -m scripts.make_test_checkpoint [--out PATH] [--seed 0] [--check]
 """
 import argparse
 import math
 import os
 import time
 
-from pack_bootstrap import import_comfyui  # scripts/ is on sys.path wherever this module is found
+from scripts.pack_bootstrap import import_comfyui
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bump when the construction below changes, so cached files are rebuilt.

@@ -1,8 +1,8 @@
 """Import ComfyUI and this pack (as `cad_pack`) from a plain script, the way ComfyUI loads custom nodes.
 
 The one place tests (tests/conftest.py), scripts and benchmarks find ComfyUI (COMFYUI_PATH, else
-.comfyui/ComfyUI), put it on sys.path, choose its device (ComfyUI reads `--cpu` once, when
-comfy.model_management is first imported) and load the pack:
+.comfyui/ComfyUI), put it on sys.path (the only sys.path edit in the project), choose its device (ComfyUI
+reads `--cpu` once, when comfy.model_management is first imported) and load the pack:
 
     import_pack(cpu=True)      ComfyUI importable, device chosen, the pack loaded as `cad_pack`
     import_comfyui(cpu=True)   the same without the pack (e.g. to build a checkpoint)
@@ -32,10 +32,15 @@ def find_comfyui():
 
 
 def put_comfyui_on_path(root: str) -> None:
-    """`root` first on sys.path, and the repo root off it: the repo's `nodes/` package must not shadow
-    ComfyUI's nodes.py (`python -m pytest` and `python -m ...` put the working directory on sys.path)."""
+    """`root` first on sys.path and the repo root right after it: ComfyUI's nodes.py must win over the repo's
+    `nodes/` package, while the tooling packages (`scripts`, `benchmarks`) stay importable from the repo."""
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) not in (REPO, root)]
-    sys.path.insert(0, root)
+    sys.path[0:0] = [root, REPO]
+
+
+def toyworld_on_cpu() -> bool:
+    """The toy world runs on the CPU, so results match the tests, unless CAD_TOYWORLD_GPU=1 (long benchmarks)."""
+    return os.environ.get("CAD_TOYWORLD_GPU") != "1"
 
 
 def choose_device(cpu: bool = True) -> None:

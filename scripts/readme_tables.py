@@ -2,8 +2,8 @@
 (cad_core/families.py, cad_core/objectives/), and its "CAD and its peers" table, rendered from
 benchmarks/results/erase_vs_peers.json. tests/test_readme.py fails when the README differs.
 
-    python scripts/readme_tables.py            # print both
-    python scripts/readme_tables.py --write    # put them into README.md between their markers
+    python -m scripts.readme_tables            # print both
+    python -m scripts.readme_tables --write    # put them into README.md between their markers
 """
 import argparse
 import os

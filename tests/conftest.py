@@ -6,11 +6,11 @@ import traceback
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(REPO, "scripts")
+from scripts import pack_bootstrap  # the one ComfyUI and pack bootstrap (the repo root is on sys.path: pyproject's
+#                                     pytest `pythonpath`); tests only report its failures
+
+REPO = pack_bootstrap.REPO
 ARTIFACTS = os.path.join(REPO, "tests", ".artifacts")
-sys.path.insert(0, SCRIPTS)
-import pack_bootstrap  # noqa: E402  (scripts/: the one ComfyUI and pack bootstrap; tests only report its failures)
 
 # --- 1. ComfyUI -------------------------------------------------------------------------
 COMFYUI_PATH = pack_bootstrap.comfyui_root()
@@ -18,9 +18,7 @@ if pack_bootstrap.find_comfyui() is None:
     pytest.exit(f"ComfyUI not found at {COMFYUI_PATH}. Run `make test` (it sets everything up), "
                 f"or point COMFYUI_PATH at a ComfyUI checkout.", returncode=4)
 os.environ["COMFYUI_PATH"] = COMFYUI_PATH  # so scripts/ helpers and subprocesses agree
-# `python -m pytest` puts the repo root on sys.path; our `nodes/` package would then shadow
-# ComfyUI's `nodes.py`. The pack is loaded by file location below, so the root is dropped.
-pack_bootstrap.put_comfyui_on_path(COMFYUI_PATH)  # sys.path: ComfyUI, scripts/, ...
+pack_bootstrap.put_comfyui_on_path(COMFYUI_PATH)  # sys.path: ComfyUI (its nodes.py wins over our nodes/), the repo
 
 assert "comfy.model_management" not in sys.modules, "comfy.model_management imported before args.cpu was set"
 pack_bootstrap.choose_device(cpu=True)  # must precede the first import of comfy.model_management
@@ -73,14 +71,14 @@ def cad_pack():
 @pytest.fixture(scope="session")
 def sd15_test_checkpoint():
     """Path of the cached random SD1.5 checkpoint (built on first use, ~10 s, ~440 MiB)."""
-    from make_test_checkpoint import DEFAULT_PATH, make_sd15_test_checkpoint
+    from scripts.make_test_checkpoint import DEFAULT_PATH, make_sd15_test_checkpoint
     return make_sd15_test_checkpoint(DEFAULT_PATH)
 
 
 def running_server(name, checkpoint):
     """A real `main.py --cpu` server with the pack and `checkpoint` installed, in tests/.artifacts/<name>/ (emptied
     first), logging to tests/.artifacts/comfy_<name>.log; a context manager."""
-    from comfy_server import ComfyServer, reset_dir
+    from scripts.comfy_server import ComfyServer, reset_dir
     base = os.path.join(ARTIFACTS, name)
     reset_dir(base)
     return ComfyServer(base, checkpoint=checkpoint, log_path=os.path.join(ARTIFACTS, f"comfy_{name}.log"))

@@ -9,7 +9,7 @@ from cad_pack.nodes.bridge import attribute_model, differentiable_source, patcha
 from cad_pack.nodes.bridge.activation_memory import OUTSIDE
 from cad_pack.nodes.bridge.attribution import measure_activations
 
-from family_models import build, conditioning, family_latent
+from scripts.family_models import build, conditioning, family_latent
 
 
 class KeptForBackward:

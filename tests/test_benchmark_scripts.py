@@ -21,7 +21,7 @@ def run_script(tmp_path, *args):
 
 
 def test_attribution_cost_script_runs_on_reduced_models(tmp_path):
-    run_script(tmp_path, "benchmarks/attribution_cost.py", "--tiny", "--steps", "2", "3", "--max-minutes", "1",
+    run_script(tmp_path, "-m", "benchmarks.attribution_cost", "--tiny", "--steps", "2", "3", "--max-minutes", "1",
                "--sample-repeats", "1", "--threads", "1", "--name", "cost")
     report = (tmp_path / "cost.md").read_text()
     for section in ("## Single vs reference schedule", "## Peak memory (RSS)", "## Memory budget (chunked passes)",
@@ -33,7 +33,7 @@ def test_attribution_cost_script_runs_on_reduced_models(tmp_path):
 
 
 def test_gpu_check_script_dry_run(tmp_path):
-    run_script(tmp_path, "benchmarks/gpu_check.py", "--dry-run", "--name", "gpu")
+    run_script(tmp_path, "-m", "benchmarks.gpu_check", "--dry-run", "--name", "gpu")
     report = (tmp_path / "gpu.md").read_text()
     assert "| sd15" in report and "| sdxl" in report
     for column in ("plain fwd+bwd+fwd", "step / plain", "emulated card", "gradient_checkpointing off (T=4)",
@@ -42,7 +42,7 @@ def test_gpu_check_script_dry_run(tmp_path):
 
 
 def test_gpu_check_flux_dry_run_completes_under_its_budget(tmp_path):
-    run_script(tmp_path, "benchmarks/gpu_check.py", "--dry-run", "--families", "flux", "--name", "gpu")
+    run_script(tmp_path, "-m", "benchmarks.gpu_check", "--dry-run", "--families", "flux", "--name", "gpu")
     report = (tmp_path / "gpu_flux.md").read_text()
     assert "## Flux.1-dev at full size under a 24 GiB cap" in report and "float8_e4m3fn" in report
     row = next(line for line in report.splitlines() if line.startswith("| Flux.1-dev fp8"))
@@ -51,7 +51,7 @@ def test_gpu_check_flux_dry_run_completes_under_its_budget(tmp_path):
 
 def test_memory_budget_holds_on_a_reduced_unet(tmp_path):
     """The budget (one step's backward, measured, + half the scope's state) against what torch really allocated."""
-    run_script(tmp_path, "benchmarks/memory_budget.py", "--tiny", "--latent", "8", "--threads", "1", "--name", "mb")
+    run_script(tmp_path, "-m", "benchmarks.memory_budget", "--tiny", "--latent", "8", "--threads", "1", "--name", "mb")
     runs = json.loads((tmp_path / "mb.json").read_text())["runs"]
     assert [r["setting"] for r in runs] == ["off", "on"]
     for r in runs:
@@ -60,7 +60,7 @@ def test_memory_budget_holds_on_a_reduced_unet(tmp_path):
 
 
 def test_checkpointing_cost_script_runs_on_a_reduced_unet(tmp_path):
-    run_script(tmp_path, "benchmarks/checkpointing_cost.py", "--tiny", "--latent", "4", "8", "--steps", "2",
+    run_script(tmp_path, "-m", "benchmarks.checkpointing_cost", "--tiny", "--latent", "4", "8", "--steps", "2",
                "--threads", "1", "--name", "ck")
     report = (tmp_path / "ck.md").read_text()
     assert "## 32 px" in report and "## 64 px" in report
@@ -69,14 +69,14 @@ def test_checkpointing_cost_script_runs_on_a_reduced_unet(tmp_path):
 
 
 def test_apply_cost_script_runs_on_a_reduced_unet(tmp_path):
-    run_script(tmp_path, "benchmarks/apply_cost.py", "--tiny", "--repeats", "4", "--threads", "1", "--name", "ac")
+    run_script(tmp_path, "-m", "benchmarks.apply_cost", "--tiny", "--repeats", "4", "--threads", "1", "--name", "ac")
     report = (tmp_path / "ac.md").read_text()
     assert "masked / plain, per round" in report and "noise floor" in report
     assert "| float32 |" in report and "| float16 |" in report
 
 
 def test_selective_erase_script_writes_its_table_from_the_run_settings(tmp_path):
-    run_script(tmp_path, "benchmarks/selective_erase.py", "--quick", "--sections", "shapes", "--eval-seed", "20000")
+    run_script(tmp_path, "-m", "benchmarks.selective_erase", "--quick", "--sections", "shapes", "--eval-seed", "20000")
     report = (tmp_path / "selective_erase.md").read_text()
     # the header comes from the run: the seeds given on the command line, disjoint from the attribution's
     assert "noise seeds 0-3" in report and "20000 + 1000 x colour index (20000, 21000, 22000, 23000)" in report
@@ -88,13 +88,13 @@ def test_selective_erase_script_writes_its_table_from_the_run_settings(tmp_path)
     assert cad and all(r["meets_bar"] in (True, False) and 0 <= r["spared_distance"] < 1 for r in cad)
     # a mask and its random control of the same size: the same count of weights
     assert {r["weights"] for r in rows if "random" in r["variant"]} <= {r["weights"] for r in cad}
-    done = subprocess.run([sys.executable, "benchmarks/selective_erase.py", "--eval-seed", "0"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.selective_erase", "--eval-seed", "0"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "COMFYUI_PATH": COMFYUI_PATH})
     assert done.returncode == 2 and "overlaps the attribution seeds" in done.stderr
 
 
 def test_erase_vs_peers_tunes_on_validation_and_reports_the_chosen_setting_on_test(tmp_path):
-    run_script(tmp_path, "benchmarks/erase_vs_peers.py", "--quick", "--methods", "uce", "cad-located",
+    run_script(tmp_path, "-m", "benchmarks.erase_vs_peers", "--quick", "--methods", "uce", "cad-located",
                "--validation-eval-seed", "21000", "--test-eval-seed", "71000")
     report = (tmp_path / "erase_vs_peers.md").read_text()
     # the header comes from the run's settings: both splits' seeds, as given on the command line
@@ -115,6 +115,6 @@ def test_erase_vs_peers_tunes_on_validation_and_reports_the_chosen_setting_on_te
     located = [r for r in rows if r["method"] == "cad-located"]
     assert all(0 < r["weights_changed"] < 14 * 64 * 32 for r in located)   # fewer matrices than all 14 K/V
     assert {r["method"] for r in rows if r["method"].startswith("control")} == {"control-random"}
-    done = subprocess.run([sys.executable, "benchmarks/erase_vs_peers.py", "--test-eval-seed", "20000"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.erase_vs_peers", "--test-eval-seed", "20000"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "COMFYUI_PATH": COMFYUI_PATH})
     assert done.returncode == 2 and "seeds overlap" in done.stderr

@@ -6,11 +6,11 @@ equal plain autograd on the same latents; masks must patch and unpatch exactly.
 import pytest
 import torch
 
-from cad_pack.cad_core import AttributionRequest, Mask, select_components
+from cad_pack.cad_core import AttributionRequest, Mask, MaskInfo, select_components
 from cad_pack.nodes.bridge import apply_mask, attribute_model, fingerprint_of, patchable_weights
 
-from family_models import loaded_weight
-from family_models import plain_autograd_alpha as family_plain_autograd_alpha
+from scripts.family_models import loaded_weight
+from scripts.family_models import plain_autograd_alpha as family_plain_autograd_alpha
 from tiny_models import assert_untouched, conditioning, empty_latent, tiny_sd15
 from tiny_models import sample as sample_tiny
 
@@ -79,7 +79,7 @@ def ff_key(mp):
 
 def hand_mask(mp, key, indices):
     shape = dict(patchable_weights(mp))[key]
-    return Mask({key: torch.tensor(indices)}, {key: shape}, fingerprint_of(mp), {"mode": "erase"})
+    return Mask({key: torch.tensor(indices)}, {key: shape}, fingerprint_of(mp), MaskInfo(mode="erase"))
 
 
 @pytest.mark.parametrize("lowvram", [False, True], ids=["full", "lowvram"])
@@ -138,7 +138,7 @@ def test_verify_measures_what_the_attribution_predicts_for_a_small_shrink():
         unedited = measure_on(mp, POS, BASE, attribution)
         check = verify_on(mp, POS, BASE, attribution, mask, strength=0.02)
     # J measured at the visited latents equals the J the attribution accumulated there
-    assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
+    assert unedited == pytest.approx(attribution.info.unet_calls["objective_total"], rel=1e-5)
     assert check.predicted_change < 0  # erasing positive components lowers J
     assert check.measured_change == pytest.approx(check.predicted_change, rel=0.1)
     assert mp.patches == {}
@@ -153,7 +153,7 @@ def test_verify_gap_measures_the_edited_model():
         unedited = measure_on(mp, POS, BASE, attribution)
         erased = measure_on(mp, POS, BASE, attribution, mask, 1.0)
         again = measure_on(mp, POS, BASE, attribution)
-    assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
+    assert unedited == pytest.approx(attribution.info.unet_calls["objective_total"], rel=1e-5)
     assert erased != unedited and again == unedited
 
 
@@ -173,7 +173,7 @@ def test_gap_with_the_base_held_matches_the_first_order_prediction():
         held = measure_on(mp, POS, BASE, attribution, mask, strength, held_base=base_held) - unedited
         both = measure_on(mp, POS, BASE, attribution, mask, strength) - measure_on(mp, POS, BASE, attribution)
     predicted = predicted_change(attribution, mask, strength)
-    assert unedited == pytest.approx(attribution.meta["unet_calls"]["objective_total"], rel=1e-5)
+    assert unedited == pytest.approx(attribution.info.unet_calls["objective_total"], rel=1e-5)
     assert predicted < 0
     assert held == pytest.approx(predicted, rel=0.15)
     assert abs(both) < 0.1 * abs(held)  # both branches move alike when the base is not held: J barely changes
@@ -185,9 +185,9 @@ def test_every_concept_image_is_used_even_with_samples_1():
     with torch.inference_mode():
         concept = {"samples": torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))}
     attribution = node_path(mp, "concept_likelihood", concept_latent=concept)
-    assert attribution.meta["samples"] == 2
-    assert attribution.meta["unet_calls"]["forward_backward"] == 2 * STEPS
-    assert attribution.meta["unet_calls"]["forward_no_grad"] == 0  # given images: no own samples drawn
+    assert attribution.info.samples == 2
+    assert attribution.info.unet_calls["forward_backward"] == 2 * STEPS
+    assert attribution.info.unet_calls["forward_no_grad"] == 0  # given images: no own samples drawn
 
 
 def test_no_grad_forwards_run_without_the_pack_wrappers_and_get_them_back():
@@ -249,7 +249,7 @@ def test_alpha_multiplies_the_lora_patched_weight_kept_by_reference(monkeypatch)
 def test_a_weight_cast_to_another_dtype_is_kept_as_an_fp32_copy(monkeypatch):
     """fp16 weights computed in fp32 (ComfyUI's manual cast on CPU): the forward used the cast, which the module does
     not hold, so the probe keeps an fp32 CPU copy of it."""
-    from family_models import build, conditioning as family_conditioning, family_latent
+    from scripts.family_models import build, conditioning as family_conditioning, family_latent
     mp = build("sd15", seed=3, scale=0.1, dtype=torch.float16)
     first = FirstWeights(monkeypatch)
     with torch.inference_mode():

@@ -8,7 +8,7 @@ from cad_pack.cad_core.families import detect_family
 from cad_pack.nodes.bridge import attribute_model, patchable_weights
 from cad_pack.nodes.bridge.checkpointing import checkpoint_units
 
-from family_models import FAMILIES, NO_PRESET, build, conditioning, family_latent
+from scripts.family_models import FAMILIES, NO_PRESET, build, conditioning, family_latent
 
 STEPS, SEED = 3, 7
 
@@ -31,7 +31,7 @@ def assert_same_scores(a, b, rtol=1e-5):
 def test_checkpointing_gives_the_same_alpha(family):
     mp = build(family, seed=3, scale=0.1)
     plain, checkpointed = attribute(mp, family, "off"), attribute(mp, family, "on")
-    assert plain.meta["gradient_checkpointing"] is False and checkpointed.meta["gradient_checkpointing"] is True
+    assert plain.info.gradient_checkpointing is False and checkpointed.info.gradient_checkpointing is True
     assert sum(bool(s.any()) for s in plain.scores.values()) >= len(plain.scores) // 2
     assert_same_scores(plain, checkpointed)
 
@@ -40,9 +40,9 @@ def test_checkpointing_with_chunks_gives_the_one_pass_alpha():
     mp = build("sd15", seed=3, scale=0.1)
     one_pass = attribute(mp, "sd15", "off")
     largest = max(s.numel() for s in one_pass.scores.values()) * 8 / 2**20
-    activation = attribute(mp, "sd15", "on", memory_budget_mb=1_000_000).meta["activation_mb"]
+    activation = attribute(mp, "sd15", "on", memory_budget_mb=1_000_000).info.activation_mb
     chunked = attribute(mp, "sd15", "on", memory_budget_mb=activation + largest * 1.5)
-    assert chunked.meta["passes"] >= 2 and chunked.meta["gradient_checkpointing"] is True
+    assert chunked.info.passes >= 2 and chunked.info.gradient_checkpointing is True
     assert_same_scores(one_pass, chunked)
 
 
@@ -95,7 +95,7 @@ def test_models_without_a_record_are_never_checkpointed(family, caplog):
     mp = build(family, seed=3, scale=0.1)
     assert detect_family(k for k, _ in patchable_weights(mp)) is None
     result = attribute(mp, family, "on", scope="ff+attention")
-    assert result.meta["gradient_checkpointing"] is False
+    assert result.info.gradient_checkpointing is False
     assert "only used for model families with a record" in caplog.text
 
 
@@ -107,8 +107,8 @@ def test_unknown_setting_is_refused():
 def test_auto_is_on_on_a_cpu():
     mp = build("sd15", seed=3, scale=0.1)
     result = attribute(mp, "sd15", "auto")
-    assert result.meta["gradient_checkpointing"] is True
-    assert result.meta["checkpointing_reason"] == "auto: on, as always on a CPU"
+    assert result.info.gradient_checkpointing is True
+    assert result.info.checkpointing_reason == "auto: on, as always on a CPU"
     assert_same_scores(attribute(mp, "sd15", "off"), result)
 
 

@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, AttributionRequest, CADError, resolve_scope
+from cad_pack.cad_core import Attribution, AttributionInfo, AttributionRequest, CADError, resolve_scope
 from cad_pack.cad_core.budget import BYTES_PER_SCOPED_WEIGHT, MB, join_chunks, plan_chunks, scope_bytes
 from cad_pack.nodes.attribute_node import CADAttribute
 from cad_pack.nodes.bridge import attribute_model, patchable_weights
 
-from family_models import build, conditioning, empty_latent
+from scripts.family_models import build, conditioning, empty_latent
 
 STEPS = 2
 
@@ -40,11 +40,11 @@ def test_plan_refuses_a_budget_below_the_largest_matrix():
 
 
 def test_join_refuses_overlap_and_other_models():
-    a = Attribution({"k": torch.ones(2)}, "f1", {"unet_calls": {}})
+    a = Attribution({"k": torch.ones(2)}, "f1", AttributionInfo(unet_calls={}))
     with pytest.raises(CADError, match="overlap"):
-        join_chunks([a, Attribution({"k": torch.ones(2)}, "f1", {})])
+        join_chunks([a, Attribution({"k": torch.ones(2)}, "f1")])
     with pytest.raises(CADError, match="disagree about the model"):
-        join_chunks([a, Attribution({"j": torch.ones(2)}, "f2", {})])
+        join_chunks([a, Attribution({"j": torch.ones(2)}, "f2")])
 
 
 # ------------------------------------------------------------------------------------------ passes
@@ -75,7 +75,7 @@ def run(mp, family, budget_mb, objective="concept_gap", progress=None, **fields)
 
 def activation_mb(mp, family, objective="concept_gap", **kw):
     """What the budgeted run measured one differentiated step to keep for backward (a budget that fits anything)."""
-    return run(mp, family, 1_000_000, objective, **kw).meta["activation_mb"]
+    return run(mp, family, 1_000_000, objective, **kw).info.activation_mb
 
 
 @pytest.mark.parametrize("family,scope,objective", [("sd15", "ff", "concept_gap"), ("flux", "ff+attention", "concept_likelihood")])
@@ -88,19 +88,19 @@ def test_chunked_alpha_equals_unchunked_alpha(family, scope, objective):
     budget_mb = activation + total / MB / 3.5            # about four passes
     seen = []
     chunked = run(mp, family, budget_mb, objective, progress=lambda d, t: seen.append((d, t)), scope=scope)
-    assert chunked.meta["activation_mb"] == activation   # the same measurement, and checkpointing on either way
+    assert chunked.info.activation_mb == activation   # the same measurement, and checkpointing on either way
     room = (budget_mb - activation) * MB
     passes = expected_passes(mp, scope, room)
     assert passes >= 3
-    assert chunked.meta["passes"] == passes == len(plan_chunks(scoped(mp, scope), budget_mb * MB, activation * MB))
+    assert chunked.info.passes == passes == len(plan_chunks(scoped(mp, scope), budget_mb * MB, activation * MB))
     assert list(chunked.scores) == list(whole.scores)          # model order, same keys
     for k, s in whole.scores.items():
         torch.testing.assert_close(chunked.scores[k], s, rtol=1e-6, atol=0)
-    calls, one = chunked.meta["unet_calls"], whole.meta["unet_calls"]
+    calls, one = chunked.info.unet_calls, whole.info.unet_calls
     assert calls["forward_backward"] == passes * one["forward_backward"]
     assert calls["forward_no_grad"] == passes * one["forward_no_grad"]
     assert calls["objective_total"] == pytest.approx(one["objective_total"], rel=1e-6)
-    assert chunked.meta["scope"] == scope and chunked.meta["peak_scope_mb"] + activation <= budget_mb
+    assert chunked.info.scope == scope and chunked.info.peak_scope_mb + activation <= budget_mb
     assert len(chunked.points) == len(whole.points)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]
 
@@ -108,8 +108,8 @@ def test_chunked_alpha_equals_unchunked_alpha(family, scope, objective):
 def test_budget_that_fits_runs_once_and_bad_budgets_are_refused():
     mp = build("sd15", seed=2)
     once = run(mp, "sd15", 10_000)
-    assert "passes" not in once.meta and once.meta["unet_calls"]["forward_backward"] == STEPS
-    assert once.meta["activation_mb"] > 0 and once.meta["memory_budget_mb"] == 10_000
+    assert once.info.passes is None and once.info.unet_calls["forward_backward"] == STEPS
+    assert once.info.activation_mb > 0 and once.info.memory_budget_mb == 10_000
     with pytest.raises(CADError, match="too small"):
         run(mp, "sd15", 0.01)
     with pytest.raises(CADError, match="memory_budget_mb must be 0"):
@@ -141,6 +141,6 @@ def test_node_passes_the_budget_through():
         out = CADAttribute.execute(model=mp, positive=conditioning("sd15", 1), base=conditioning("sd15", 2),
                                    latent=empty_latent(), objective="concept_gap", steps=STEPS, guidance=3.0, seed=5,
                                    samples=1, scope="ff", schedule="single", memory_budget_mb=budget)
-    meta = out.args[0].meta
-    assert meta["passes"] == expected_passes(mp, "ff", (budget - activation) * MB) >= 2
-    assert meta["memory_budget_mb"] == budget and meta["activation_mb"] == activation
+    info = out.args[0].info
+    assert info.passes == expected_passes(mp, "ff", (budget - activation) * MB) >= 2
+    assert info.memory_budget_mb == budget and info.activation_mb == activation

@@ -10,13 +10,14 @@ import comfy.model_sampling
 import comfy.samplers
 import comfy.sd
 import nodes as comfy_nodes
-from cad_pack.cad_core import AttributionRequest, CADError, Mask, load_attribution, load_mask, resolve_scope
+from cad_pack.cad_core import (AttributionRequest, CADError, Mask, MaskInfo, load_attribution, load_mask,
+                               resolve_scope)
 from cad_pack.nodes.bridge import (apply_mask, attribute_model, fingerprint_of, model_fingerprints,
                                    needs_pooled_output, parameterization_of)
 from cad_pack.cad_core.noise import FlowMatching, VarianceExploding
 
-import cross_version as X
-from family_models import build, conditioning, empty_latent, loaded_weight
+from scripts import cross_version as X
+from scripts.family_models import build, conditioning, empty_latent, loaded_weight
 from tiny_models import conditioning as tiny_conditioning
 from tiny_models import sample as sample_tiny
 from tiny_models import tiny_sd15
@@ -138,7 +139,7 @@ def test_attribution_latent_has_the_shape_ksampler_samples():
         latent = comfy_nodes.EmptyLatentImage().generate(128, 128)[0]     # 16x16 at 8x downscaling
         ksampled = comfy_nodes.common_ksampler(mp, 0, 1, 1.0, "euler", "normal", pos, base, latent)[0]["samples"]
         attribution = attribute_model(mp, pos, base, latent, AttributionRequest(steps=1))
-    assert attribution.meta["latent_shape"] == list(ksampled.shape)
+    assert attribution.info.latent_shape == tuple(ksampled.shape)
     # 0.33 resizes an 8x-downscaled empty latent for a 16x model; 0.3.75 samples it as it is
     assert ksampled.shape[-1] == (8 if NEWER_THAN_0_3 else 16)
 
@@ -157,7 +158,7 @@ def test_cad_mask_after_a_bypass_lora_scales_the_base_weight_only():
     lora = {f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down}
     delta = up @ down
     selected = torch.arange(0, weight.numel(), 3)
-    mask = Mask({key: selected}, {key: tuple(weight.shape)}, fingerprint_of(mp), {"mode": "erase"})
+    mask = Mask({key: selected}, {key: tuple(weight.shape)}, fingerprint_of(mp), MaskInfo(mode="erase"))
     pos, base = tiny_conditioning(1), tiny_conditioning(2)
 
     with torch.inference_mode():

@@ -13,10 +13,11 @@ import time
 import pytest
 
 from conftest import REPO, running_server
+from fake_comfyui import HtmlPage, JsonOfAnotherApi, ServerError, fake_comfyui, serving
 
-import concept_bank as bank  # scripts/ is on sys.path (conftest)
+from scripts import concept_bank as bank
 
-BANK = os.path.join(REPO, "scripts", "concept_bank.py")
+BANK = ["-m", "scripts.concept_bank"]  # run from the repo root (cwd=REPO)
 SHAPES = ["a circle", "a square", "a triangle", "a cross"]
 COLOURED = ["a red circle | a red", "a blue square | a blue"]
 QUICK = ["--steps", "3", "--samples", "1", "--ratio", "0.05"]
@@ -239,6 +240,22 @@ def test_a_lost_servers_concept_moves_to_a_live_server(tmp_path, monkeypatch):
     assert any("'b' goes to another server" in n for n in progress.notes)
 
 
+class TurnedIntoAWebPage(FakeServer):
+    """Takes one prompt, then answers with an HTML page (another program took its port)."""
+
+    def _refuse_if_dead(self):
+        if self.submitted:
+            raise bank.NotComfyUI(f"{self.url} answered /history with an HTML page, not ComfyUI's JSON")
+
+
+def test_a_server_that_stops_answering_like_comfyui_is_lost_like_one_that_stops_answering(tmp_path, monkeypatch):
+    one, two = FakeServer("http://one"), TurnedIntoAWebPage("http://two")
+    code, index, progress = run_fake_bank(tmp_path, [one, two], monkeypatch)
+    assert code == bank.EXIT_OK
+    assert all(e["status"] == "done" and e["server"] == "http://one" for e in index.entries.values())
+    assert any(n.startswith("server lost: http://two answered /history with an HTML page") for n in progress.notes)
+
+
 def test_every_server_lost_stops_with_a_resumable_index(tmp_path, monkeypatch):
     only = FakeServer("http://only", dies_after=1)
     code, index, progress = run_fake_bank(tmp_path, [only], monkeypatch)
@@ -278,6 +295,58 @@ def test_progress_without_tqdm_prints_counts_and_an_eta(monkeypatch, capsys):
     assert lines[2].startswith("concept bank: 2/4 done, 1 failed,") and " ETA " in lines[2]
 
 
+# --- URLs that are not ComfyUI and numbers that are not finite, on fake web servers ----------------------------
+def run_main(tmp_path, capsys, monkeypatch, urls, *extra):
+    """The command in this process on two concepts: (exit code, stderr)."""
+    monkeypatch.setattr(bank, "POLL_SECONDS", 0)
+    args = [write_concepts(tmp_path, ["a circle", "a square"]), "--demo-model", "--out", str(tmp_path / "out"), *extra]
+    for url in urls:
+        args += ["--server", url]
+    code = bank.main(args)
+    return code, capsys.readouterr().err
+
+
+def test_a_url_that_is_not_comfyui_is_left_out_and_the_others_carry_on(tmp_path, capsys, monkeypatch):
+    comfyui = fake_comfyui(history_entry)
+    with serving(HtmlPage) as html, serving(comfyui) as good, serving(JsonOfAnotherApi) as other_api:
+        code, err = run_main(tmp_path, capsys, monkeypatch, [html, good, other_api])
+    assert code == bank.EXIT_OK, err
+    assert f"concept bank: {html} answered /system_stats with an HTML page (title 'Welcome to nginx!'), not " \
+           f"ComfyUI's JSON: is this URL a ComfyUI server? It is left out of this run." in err.splitlines()
+    assert f"concept bank: {other_api} answered /system_stats with JSON that is not ComfyUI's" in err
+    entries = read_index(tmp_path / "out")["concepts"]
+    assert [(e["status"], e["server"]) for e in entries] == [("done", good), ("done", good)]
+    assert len(comfyui.prompts) == 2
+
+
+def test_when_no_url_is_comfyui_nothing_runs(tmp_path, capsys, monkeypatch):
+    with serving(HtmlPage) as html, serving(ServerError) as broken:
+        code, err = run_main(tmp_path, capsys, monkeypatch, [html, broken])
+    assert code == bank.EXIT_BAD_INPUT
+    assert f"{html} answered /system_stats with an HTML page" in err
+    assert f"{broken} answered /system_stats with HTTP 500 Internal Server Error" in err
+    assert "No --server is a ComfyUI server (each one was left out, see above); nothing was submitted" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--guidance", "nan"), ("--ratio", "inf"), ("--guidance", "-inf"),
+                                          ("--timeout", "nan")])
+def test_numbers_that_are_not_finite_are_refused_before_any_server_is_asked(tmp_path, capsys, monkeypatch,
+                                                                            option, value):
+    comfyui = fake_comfyui(history_entry)
+    with serving(comfyui) as url:
+        code, err = run_main(tmp_path, capsys, monkeypatch, [url], f"{option}={value}")  # '=': '-inf' is no option
+    assert code == bank.EXIT_BAD_INPUT
+    assert f"Bad settings:\n  {option} must be a finite number, got {float(value)}." in err
+    assert comfyui.paths == [], "a server was asked"
+
+
+def test_a_server_url_that_is_not_http_is_bad_input(tmp_path, capsys, monkeypatch):
+    code, err = run_main(tmp_path, capsys, monkeypatch, ["127.0.0.1:8188"])
+    assert code == bank.EXIT_BAD_INPUT
+    assert "--server '127.0.0.1:8188' is not an http:// or https:// URL (e.g. http://127.0.0.1:8188)." in err
+
+
 # --- the command on real servers ---------------------------------------------------------------------------
 def demo_server(name, checkpoint=None):
     """A real ComfyUI with the pack (the CAD Demo Model needs no checkpoint)."""
@@ -298,17 +367,17 @@ def write_concepts(tmp_path, lines, name="concepts.txt"):
 
 
 def run_bank(concepts, servers, out, *extra, wait=True, model=("--demo-model",)):
-    cmd = [sys.executable, BANK, concepts, *model, "--out", str(out), *extra]
+    cmd = [sys.executable, *BANK, concepts, *model, "--out", str(out), *extra]
     for server in servers:
         cmd += ["--server", server if isinstance(server, str) else server.url]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
 
 def prompts_run(server) -> int:
-    return len(server._json("/history")[1])
+    return len(server.client.history())
 
 
 def read_index(out):
@@ -406,7 +475,7 @@ def wait_until_running(server, proc, timeout=120):
     """Until `server` executes a prompt (its /queue shows one running)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if server._json("/queue")[1]["queue_running"]:
+        if server.client.queue()["queue_running"]:
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -509,7 +578,7 @@ class NoPackHandler(http.server.BaseHTTPRequestHandler):
     """A web server answering like ComfyUI without the pack: /object_info/<unknown node> is {}."""
 
     def do_GET(self):
-        body = b"{}"
+        body = b'{"system": {}, "devices": []}' if self.path == "/system_stats" else b"{}"
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -531,7 +600,7 @@ def comfyui_without_pack():
 
 @pytest.mark.server
 def test_bad_input_is_refused_before_anything_is_submitted(two_servers, tmp_path, comfyui_without_pack):
-    from comfy_server import free_port
+    from scripts.comfy_server import free_port
 
     a, b = two_servers
     good = write_concepts(tmp_path, ["a circle", "a square"])
@@ -560,10 +629,10 @@ def test_bad_input_is_refused_before_anything_is_submitted(two_servers, tmp_path
     ]
     before = {s.url: prompts_run(s) for s in (a, b)}
     for args, servers, phrase in cases:
-        cmd = [sys.executable, BANK, *args, "--out", str(tmp_path / "out")]
+        cmd = [sys.executable, *BANK, *args, "--out", str(tmp_path / "out")]
         for server in servers:
             cmd += ["--server", server if isinstance(server, str) else server.url]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
         assert result.returncode == 2, (args, result.stderr)
         assert phrase in result.stderr, (phrase, result.stderr)
     assert {s.url: prompts_run(s) for s in (a, b)} == before, "bad input reached a server"

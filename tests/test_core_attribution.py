@@ -179,7 +179,7 @@ def run_attribute(model, kind, objective, schedule="single", samples=1, images=N
                        parameterization=kind if kind == "variance_exploding" else "flow", objective=objective,
                        guidance=GUIDANCE, schedule=schedule, samples=samples, images=images,
                        make_noise=lambda n, r: make_noise(n, r, dtype), loss_scale=loss_scale,
-                       on_progress=on_progress, fingerprint="toyfp", meta={"scope": "toy"})
+                       on_progress=on_progress, fingerprint="toyfp", info_fields={"scope": "toy"})
     return result, concept, base
 
 
@@ -249,8 +249,8 @@ def test_alpha_matches_finite_difference(case, kind, schedule):
             return j_lik_fixed(model, p, kind, visits)
 
     # the objective total cad_core reports is J at the unedited weights
-    assert result.meta["unet_calls"]["objective_total"] == pytest.approx(J(w0), rel=1e-5)
-    assert result.meta["objective"] == (case if case.startswith("concept_gap") else "concept_likelihood")
+    assert result.info.unet_calls["objective_total"] == pytest.approx(J(w0), rel=1e-5)
+    assert result.info.objective == (case if case.startswith("concept_gap") else "concept_likelihood")
     assert set(result.scores) == set(SCOPE)
 
     # alpha_i = w_i * dJ/dw_i = d/dh J(w_i * (1 + h)) at h = 0: central difference in float64
@@ -384,7 +384,7 @@ def test_concept_gap_call_counts_and_progress(T, schedule):
     result, concept, base = run_attribute(model, "variance_exploding", "concept_gap", schedule,
                                           sigmas=_sigmas(T), on_progress=lambda d, t: progress.append((d, t)))
     fb, ng, units = _gap_expected(T, schedule)
-    calls = result.meta["unet_calls"]
+    calls = result.info.unet_calls
     assert calls["forward_backward"] == fb
     assert calls["forward_no_grad"] == ng
     assert calls["visits"] == T
@@ -394,7 +394,7 @@ def test_concept_gap_call_counts_and_progress(T, schedule):
     assert base.grad_calls == 0  # the base branch is never differentiated (stop-gradient)
     # progress: 1, 2, ..., total, total = units of work
     assert progress == [(d, units) for d in range(1, units + 1)]
-    assert result.meta["steps"] == T and result.meta["schedule"] == schedule and result.meta["samples"] == 1
+    assert result.info.steps == T and result.info.schedule == schedule and result.info.samples == 1
 
 
 @pytest.mark.parametrize("schedule", ["single", "reference"])
@@ -407,7 +407,7 @@ def test_several_samples_multiply_the_counts_and_progress_runs_once(schedule):
                                           samples=samples, sigmas=_sigmas(T),
                                           on_progress=lambda d, t: progress.append((d, t)))
     fb, ng, units = _gap_expected(T, schedule)
-    calls = result.meta["unet_calls"]
+    calls = result.info.unet_calls
     assert calls["forward_backward"] == samples * fb == concept.grad_calls
     assert calls["forward_no_grad"] == samples * ng == concept.nograd_calls + base.nograd_calls
     assert calls["visits"] == samples * T
@@ -424,7 +424,7 @@ def test_concept_likelihood_call_counts_and_progress(T, with_images):
     images = torch.randn(1, DIM, dtype=torch.float64) if with_images else None
     result, concept, base = run_attribute(model, "variance_exploding", "concept_likelihood", images=images,
                                           sigmas=_sigmas(T), on_progress=lambda d, t: progress.append((d, t)))
-    calls = result.meta["unet_calls"]
+    calls = result.info.unet_calls
     assert calls["forward_backward"] == T == concept.grad_calls
     expected_ng = 0 if with_images else 2 * T   # own samples: T guided (batch-2) steps
     assert calls["forward_no_grad"] == expected_ng == concept.nograd_calls + base.nograd_calls
@@ -566,7 +566,7 @@ def test_loss_scale_is_divided_out_again(objective):
     """Scaling J before backward (for fp16 models) must not change alpha: the accumulator unscales."""
     plain, _, _ = run_attribute(ToyDenoiser(seed=5), "variance_exploding", objective)
     scaled, _, _ = run_attribute(ToyDenoiser(seed=5), "variance_exploding", objective, loss_scale=4096.0)
-    assert scaled.meta["loss_scale"] == 4096.0 and plain.meta["loss_scale"] == 1.0
+    assert scaled.info.loss_scale == 4096.0 and plain.info.loss_scale == 1.0
     for k, s in plain.scores.items():
         torch.testing.assert_close(scaled.scores[k], s, rtol=1e-6, atol=1e-6 * s.abs().max().item())
 
@@ -599,18 +599,18 @@ def test_plan_refuses_zero_sigma_before_the_end_and_missing_noise():
 
 
 def test_sum_attributions_adds_scores_and_refuses_mixed_models():
-    from cad_pack.cad_core import Attribution, sum_attributions
-    a = Attribution({"w": torch.tensor([1.0, -2.0])}, "f1", {"objective": "concept_gap"})
-    b = Attribution({"w": torch.tensor([0.5, 3.0])}, "f1", {"objective": "concept_gap"})
+    from cad_pack.cad_core import Attribution, AttributionInfo, sum_attributions
+    a = Attribution({"w": torch.tensor([1.0, -2.0])}, "f1", AttributionInfo(objective="concept_gap"))
+    b = Attribution({"w": torch.tensor([0.5, 3.0])}, "f1", AttributionInfo(objective="concept_gap"))
     total = sum_attributions([a, b])
-    assert total.scores["w"].tolist() == [1.5, 1.0] and total.meta["summed_from"] == 2
+    assert total.scores["w"].tolist() == [1.5, 1.0] and total.info.summed_from == 2
     with pytest.raises(CADError, match="another model"):
-        sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f2", {})])
+        sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f2")])
     with pytest.raises(CADError, match="different weights"):
-        sum_attributions([a, Attribution({"v": torch.zeros(2)}, "f1", {"objective": "concept_gap"})])
+        sum_attributions([a, Attribution({"v": torch.zeros(2)}, "f1", AttributionInfo(objective="concept_gap"))])
     with pytest.raises(CADError, match="different objectives"):
-        sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f1", {"objective": "concept_likelihood"})])
+        sum_attributions([a, Attribution({"w": torch.zeros(2)}, "f1", AttributionInfo(objective="concept_likelihood"))])
     # sums of sums count every part; a sum keeps no visited latents (they belong to one prompt pair each)
-    assert sum_attributions([total, a]).meta["summed_from"] == 3
+    assert sum_attributions([total, a]).info.summed_from == 3
     assert sum_attributions([total, a]).points == []
     assert sum_attributions([a]) is a

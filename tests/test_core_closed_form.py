@@ -3,7 +3,7 @@ its refusals, and located_keys' choice of matrices by CAD mass."""
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError
+from cad_pack.cad_core import Attribution, AttributionInfo, CADError
 from cad_pack.cad_core.closed_form import closed_form_delta, closed_form_edit, located_keys
 
 
@@ -97,7 +97,7 @@ def test_bad_inputs_are_refused_with_what_was_expected(case, message):
 
 def attribution(masses):
     """One matrix per entry, with that much positive mass (and some negative mass that must not count)."""
-    return Attribution({k: torch.tensor([[m, -5.0]]) for k, m in masses.items()}, "fp", {"objective": "concept_gap"})
+    return Attribution({k: torch.tensor([[m, -5.0]]) for k, m in masses.items()}, "fp", AttributionInfo(objective="concept_gap"))
 
 
 def test_located_keys_takes_the_fewest_matrices_that_hold_the_share_largest_first():

@@ -104,8 +104,8 @@ def test_one_pass_without_a_budget_scores_the_scope_as_attribute_does():
                        guidance=2.0, seed=4, noise_shape=(1, 3))
     for key in passes[0]:
         torch.testing.assert_close(result.scores[key], direct.scores[key])
-    assert result.meta["scope"] == "regex" and result.meta["scope_regex"] == r"fc[12]\.weight"
-    assert result.meta["seed"] == 4 and "memory_budget_mb" not in result.meta
+    assert result.info.scope == "regex" and result.info.scope_regex == r"fc[12]\.weight"
+    assert result.info.seed == 4 and result.info.memory_budget_mb is None
 
 
 def test_a_budget_splits_the_scope_into_passes_that_join_to_the_one_pass_scores():
@@ -118,9 +118,9 @@ def test_a_budget_splits_the_scope_into_passes_that_join_to_the_one_pass_scores(
     chunked = attribute_request(backend_for(module, budgeted, passes, measure=lambda keys: Measured(2000)), budgeted,
                                 on_progress=lambda done, total: seen.append((done, total)))
     assert passes == [["fc1.weight"], ["fc2.weight"], ["fc3.weight"]]
-    assert chunked.meta["passes"] == 3 and chunked.meta["chunk_sizes"] == [1, 1, 1]
+    assert chunked.info.passes == 3 and chunked.info.chunk_sizes == (1, 1, 1)
     # auto planned both ways: with checkpointing the step keeps half, so it won
-    assert "memory budget: on, 3 pass(es)" in chunked.meta["checkpointing_reason"]
+    assert "memory budget: on, 3 pass(es)" in chunked.info.checkpointing_reason
     assert list(chunked.scores) == list(whole.scores)
     for key, s in whole.scores.items():
         torch.testing.assert_close(chunked.scores[key], s)

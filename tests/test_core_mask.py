@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError, Mask, block_of, protect, scale_selected, union
+from cad_pack.cad_core import (Attribution, AttributionInfo, CADError, Mask, MaskInfo, block_of, protect,
+                               scale_selected, union)
 
 K_IN1 = "diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"
 K_IN1_PROJ = "diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight"
@@ -18,13 +19,14 @@ def ix(*values):
 
 
 def mask(indices, fingerprint="fp-A", shapes=None, mode="erase"):
-    return Mask(dict(indices), dict(shapes or SHAPES), fingerprint, {"mode": mode, "ratio": 0.1, "granularity": "per_row"})
+    return Mask(dict(indices), dict(shapes or SHAPES), fingerprint,
+                MaskInfo(mode=mode, ratio=0.1, granularity="per_row"))
 
 
 # ---------------------------------------------------------------------------------------------- union
 def test_union_is_set_union_with_merged_shapes():
-    a = Mask({K_IN1: ix(1, 5, 9), K_MID: ix(0)}, {K_IN1: (4, 8), K_MID: (6, 5)}, "fp-A", {"mode": "erase"})
-    b = Mask({K_IN1: ix(2, 5, 31), K_OUT: ix(3, 4)}, {K_IN1: (4, 8), K_OUT: (4, 8)}, "fp-A", {"mode": "amplify"})
+    a = Mask({K_IN1: ix(1, 5, 9), K_MID: ix(0)}, {K_IN1: (4, 8), K_MID: (6, 5)}, "fp-A", MaskInfo(mode="erase"))
+    b = Mask({K_IN1: ix(2, 5, 31), K_OUT: ix(3, 4)}, {K_IN1: (4, 8), K_OUT: (4, 8)}, "fp-A", MaskInfo(mode="amplify"))
     u = union([a, b])
     u.check_valid()
     assert u.indices[K_IN1].tolist() == [1, 2, 5, 9, 31]
@@ -32,9 +34,9 @@ def test_union_is_set_union_with_merged_shapes():
     assert u.shapes == {K_IN1: (4, 8), K_MID: (6, 5), K_OUT: (4, 8)}
     assert u.count == 8
     assert u.fingerprint == "fp-A"
-    assert u.meta["scoped_weights"] == 32 + 30 + 32
-    assert u.meta["combined_from"] == [a.meta, b.meta]
-    assert u.meta["mode"] == "amplify+erase"
+    assert u.info.scoped_weights == 32 + 30 + 32
+    assert u.info.combined_from == (a.info, b.info)
+    assert u.info.mode == "amplify+erase"
     # inputs are not modified
     assert a.indices[K_IN1].tolist() == [1, 5, 9] and b.indices[K_IN1].tolist() == [2, 5, 31]
 
@@ -50,7 +52,7 @@ def test_union_refuses_different_models_and_shapes():
         union([mask({K_IN1: ix(0)}, "fp-A"), mask({K_IN1: ix(1)}, "fp-B")])
     assert "fp-A" in str(e.value) and "fp-B" in str(e.value) and "another model" in str(e.value)
     with pytest.raises(CADError, match="shape"):
-        union([Mask({K_IN1: ix(0)}, {K_IN1: (4, 8)}, "fp", {}), Mask({K_IN1: ix(0)}, {K_IN1: (8, 4)}, "fp", {})])
+        union([Mask({K_IN1: ix(0)}, {K_IN1: (4, 8)}, "fp"), Mask({K_IN1: ix(0)}, {K_IN1: (8, 4)}, "fp")])
     with pytest.raises(CADError, match="at least one"):
         union([])
 
@@ -60,7 +62,7 @@ def test_protect_drops_exactly_the_components_positive_for_the_reference():
     g = torch.Generator().manual_seed(0)
     ref_scores = {K_IN1: torch.randn(4, 8, generator=g), K_MID: torch.randn(6, 5, generator=g)}
     ref_scores[K_IN1].view(-1)[4] = 0.0           # zero: does not carry the reference concept -> kept
-    ref = Attribution(ref_scores, "fp-A", {"objective": "concept_gap"})
+    ref = Attribution(ref_scores, "fp-A", AttributionInfo(objective="concept_gap"))
     m = mask({K_IN1: ix(*range(0, 32, 2)), K_MID: ix(1, 2, 3, 29), K_OUT: ix(5, 6)})
     p = protect(m, ref)
     p.check_valid()
@@ -75,20 +77,20 @@ def test_protect_drops_exactly_the_components_positive_for_the_reference():
         assert p.indices[key].tolist() == expected, key
     assert 4 in p.indices[K_IN1].tolist()
     assert dropped > 0 and p.count == m.count - dropped
-    assert p.meta["protected_dropped"] == dropped and p.meta["protect_objective"] == "concept_gap"
-    assert p.meta["mode"] == "erase" and p.shapes == m.shapes and p.fingerprint == "fp-A"
+    assert p.info.protected_dropped == dropped and p.info.protect_objective == "concept_gap"
+    assert p.info.mode == "erase" and p.shapes == m.shapes and p.fingerprint == "fp-A"
     assert m.count == 16 + 4 + 2                   # the input mask is untouched
 
 
 def test_protect_refuses_other_model():
-    ref = Attribution({K_IN1: torch.ones(4, 8)}, "fp-B", {})
+    ref = Attribution({K_IN1: torch.ones(4, 8)}, "fp-B")
     with pytest.raises(CADError) as e:
         protect(mask({K_IN1: ix(0)}, "fp-A"), ref)
     assert "fp-A" in str(e.value) and "fp-B" in str(e.value)
 
 
 def test_protect_refuses_an_attribution_of_another_scope_instead_of_protecting_nothing():
-    ref = Attribution({K_OUT: torch.ones(4, 8)}, "fp-A", {})
+    ref = Attribution({K_OUT: torch.ones(4, 8)}, "fp-A")
     with pytest.raises(CADError, match="scores none of the weights"):
         protect(mask({K_IN1: ix(0), K_MID: ix(1)}, "fp-A"), ref)
 
@@ -153,16 +155,16 @@ def test_block_of_and_per_block_counts():
     assert "7 of" in m.summary_text() and f"{total:,}" in m.summary_text()
 
 
-def test_scoped_weights_prefers_meta():
-    m = Mask({K_IN1: ix(0)}, {K_IN1: (4, 8)}, "fp", {"scoped_weights": 1000})
+def test_scoped_weights_prefers_the_recorded_count():
+    m = Mask({K_IN1: ix(0)}, {K_IN1: (4, 8)}, "fp", MaskInfo(scoped_weights=1000))
     assert m.scoped_weights == 1000
-    assert Mask({K_IN1: ix(0)}, {K_IN1: (4, 8)}, "fp", {}).scoped_weights == 32
+    assert Mask({K_IN1: ix(0)}, {K_IN1: (4, 8)}, "fp").scoped_weights == 32
 
 
 def test_attribution_summary_counts_per_block():
     scores = {K_IN1: torch.tensor([[1.0, -2.0], [0.0, 3.0]]), K_IN1_PROJ: torch.tensor([-1.0, -1.0, 0.5]),
               K_OUT: torch.tensor([[2.0, 2.0, -4.0]])}
-    s = Attribution(scores, "fp", {"objective": "concept_gap", "scope": "ff"}).summary()
+    s = Attribution(scores, "fp", AttributionInfo(objective="concept_gap", scope="ff")).summary()
     assert s["weights"] == 10 and s["matrices"] == 3
     assert s["positive"] == 5 and s["negative"] == 4   # 1, 3, 0.5, 2, 2 positive; -2, -1, -1, -4 negative
     assert s["positive_mass"] == pytest.approx(8.5) and s["negative_mass"] == pytest.approx(-8.0)
@@ -185,13 +187,13 @@ def test_attribution_summary_counts_per_block():
 ])
 def test_check_valid_catches(indices, shapes, phrase):
     with pytest.raises(CADError) as e:
-        Mask(indices, shapes, "fp", {}).check_valid()
+        Mask(indices, shapes, "fp").check_valid()
     assert phrase in str(e.value) and K_IN1 in str(e.value)
 
 
 def test_check_valid_accepts_good_masks():
-    Mask({K_IN1: ix(0, 5, 31), K_MID: ix()}, {K_IN1: (4, 8), K_MID: (6, 5)}, "fp", {}).check_valid()
-    Mask({K_IN1: ix(0, 31).to(torch.int32)}, {K_IN1: (4, 8)}, "fp", {}).check_valid()
+    Mask({K_IN1: ix(0, 5, 31), K_MID: ix()}, {K_IN1: (4, 8), K_MID: (6, 5)}, "fp").check_valid()
+    Mask({K_IN1: ix(0, 31).to(torch.int32)}, {K_IN1: (4, 8)}, "fp").check_valid()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -205,15 +207,15 @@ def test_split_flat_indices():
 
 
 def test_check_nonempty():
-    Mask({K_IN1: ix(3)}, {K_IN1: (4, 8)}, "fp", {"mode": "erase"}).check_nonempty()
+    Mask({K_IN1: ix(3)}, {K_IN1: (4, 8)}, "fp", MaskInfo(mode="erase")).check_nonempty()
     with pytest.raises(CADError) as e:
-        Mask({K_IN1: ix()}, {K_IN1: (4, 8)}, "fp", {"mode": "erase"}).check_nonempty()
+        Mask({K_IN1: ix()}, {K_IN1: (4, 8)}, "fp", MaskInfo(mode="erase")).check_nonempty()
     assert "selects no weights" in str(e.value) and "ratio" in str(e.value)
 
 
 def test_random_mask():
     from cad_pack.cad_core import random_mask
-    att = Attribution({K_IN1: torch.zeros(4, 8), K_MID: torch.zeros(6, 5), K_OUT: torch.zeros(3)}, "fp-R", {})
+    att = Attribution({K_IN1: torch.zeros(4, 8), K_MID: torch.zeros(6, 5), K_OUT: torch.zeros(3)}, "fp-R")
     m = random_mask(att, 20, torch.Generator().manual_seed(0))
     m.check_valid()
     assert m.count == 20 and m.fingerprint == "fp-R" and m.scoped_weights == 65

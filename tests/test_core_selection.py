@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError, contrast, select_components, select_protected
+from cad_pack.cad_core import Attribution, AttributionInfo, CADError, contrast, select_components, select_protected
 
 SIGN = {"erase": 1.0, "amplify": -1.0}
 
 
 def attribution(scores):
-    return Attribution({k: v.float() for k, v in scores.items()}, "fp-sel", {"objective": "concept_gap", "scope": "ff"})
+    return Attribution({k: v.float() for k, v in scores.items()}, "fp-sel",
+                       AttributionInfo(objective="concept_gap", scope="ff"))
 
 
 def rand_scores(seed=0, shapes=(("a.weight", (6, 8)), ("b.weight", (5, 20)), ("c.weight", (3, 4, 3, 3)))):
@@ -56,8 +57,8 @@ def test_per_row_matches_brute_force(mode, ratio):
     for key, s in scores.items():
         assert set(mask.indices[key].tolist()) == brute_row(s, mode, ratio), key
     assert mask.shapes == {k: tuple(v.shape) for k, v in scores.items()}
-    assert mask.meta["mode"] == mode and mask.meta["granularity"] == "per_row" and mask.meta["ratio"] == ratio
-    assert mask.meta["scoped_weights"] == sum(v.numel() for v in scores.values())
+    assert mask.info.mode == mode and mask.info.granularity == "per_row" and mask.info.ratio == ratio
+    assert mask.info.scoped_weights == sum(v.numel() for v in scores.values())
 
 
 def test_per_row_count_is_int_ratio_times_in_features_per_row():
@@ -204,7 +205,7 @@ def test_contrast_takes_the_largest_protected_share_off_the_concepts_share():
     for key, s in scores.items():
         largest = torch.maximum(kept[0][key].clamp(min=0) / kept_mass[0], kept[1][key].clamp(min=0) / kept_mass[1])
         torch.testing.assert_close(out.scores[key], s / mass - 0.7 * largest)
-    assert out.meta["protect_weight"] == 0.7 and out.meta["protected_concepts"] == 2
+    assert out.info.protect_weight == 0.7 and out.info.protected_concepts == 2
 
 
 def test_contrast_for_amplify_divides_by_the_negative_mass_and_pushes_kept_components_up():
@@ -217,7 +218,7 @@ def test_contrast_for_amplify_divides_by_the_negative_mass_and_pushes_kept_compo
 
 def test_contrast_refuses_other_models_bad_weights_and_a_concept_with_nothing_to_select():
     target = attribution(rand_scores(1))
-    other = Attribution(rand_scores(2), "fp-other", {"objective": "concept_gap"})
+    other = Attribution(rand_scores(2), "fp-other", AttributionInfo(objective="concept_gap"))
     with pytest.raises(CADError, match="same model"):
         contrast(target, other)
     for weight in (-1.0, float("nan"), True, 1000.0):
@@ -244,7 +245,7 @@ def test_select_protected_applies_each_protect_mode_and_refuses_an_unknown_one()
     drop = select_protected(attribution(scores), "erase", 0.25, "per_matrix", keep, protect_mode="drop")
     vetoed = {(k, int(i)) for k, i in as_set(select_components(attribution(scores), "erase", 0.25, "per_matrix"))
               if not any(float(x[k].reshape(-1)[i]) > 0 for x in kept)}
-    assert as_set(drop) == vetoed and subtract.meta["protect_mode"] == "subtract" and drop.meta["protected"] == 2
+    assert as_set(drop) == vetoed and subtract.info.protect_mode == "subtract" and drop.info.protected == 2
     assert as_set(select_protected(attribution(scores), "erase", 0.25)) == \
         as_set(select_components(attribution(scores), "erase", 0.25))
     with pytest.raises(CADError, match="Unknown protect_mode"):

@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cad_pack.cad_core import (
-    FORMAT_VERSION, Attribution, CADError, CADFileError, Mask, load_attribution, load_mask, read_kind,
-    save_attribution, save_mask,
+    FORMAT_VERSION, Attribution, AttributionInfo, CADError, CADFileError, Mask, MaskInfo, load_attribution, load_mask,
+    read_kind, save_attribution, save_mask,
 )
 
 K1 = "diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"
@@ -23,14 +23,14 @@ META = {"objective": "concept_gap", "scope": "ff", "steps": 20, "guidance": 3.0,
 def att():
     g = torch.Generator().manual_seed(0)
     scores = {K1: torch.randn(8, 32, generator=g), K2: torch.randn(64, 8, generator=g) * 1e-30}  # tiny values too
-    return Attribution(scores, "0123456789abcdef", dict(META))
+    return Attribution(scores, "0123456789abcdef", AttributionInfo.from_json_dict(META))
 
 
 @pytest.fixture
 def mask():
     return Mask({K1: torch.tensor([0, 5, 255]), K2: torch.tensor([], dtype=torch.int64)},
                 {K1: (8, 32), K2: (64, 8)}, "0123456789abcdef",
-                {"mode": "erase", "ratio": 0.001, "granularity": "per_row", "scoped_weights": 768})
+                MaskInfo(mode="erase", ratio=0.001, granularity="per_row", scoped_weights=768))
 
 
 def rewrite(src, dst, **changes):
@@ -58,12 +58,12 @@ def test_attribution_round_trip(att, tmp_path):
         assert back.scores[k].dtype == torch.float32
         assert torch.equal(back.scores[k], att.scores[k])                  # bit-equal
     assert back.fingerprint == att.fingerprint
-    assert back.meta == META
+    assert back.info == att.info and back.info.to_json_dict() == META
 
 
 def test_attribution_round_trip_from_other_dtype(tmp_path):
     scores = {K1: torch.randn(4, 4, dtype=torch.float64)}
-    back = load_attribution(save_attribution(Attribution(scores, "fp", {}), str(tmp_path / "a.safetensors")))
+    back = load_attribution(save_attribution(Attribution(scores, "fp"), str(tmp_path / "a.safetensors")))
     assert back.scores[K1].dtype == torch.float32 and torch.equal(back.scores[K1], scores[K1].float())
 
 
@@ -77,7 +77,7 @@ def test_mask_round_trip(mask, tmp_path):
         assert torch.equal(back.indices[k], mask.indices[k])
     assert back.shapes == mask.shapes
     assert back.fingerprint == mask.fingerprint
-    assert back.meta == mask.meta
+    assert back.info == mask.info
     assert back.count == 3 and back.scoped_weights == 768
 
 

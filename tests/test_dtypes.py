@@ -16,7 +16,7 @@ import torch
 from cad_pack.cad_core import AttributionRequest
 from cad_pack.nodes.bridge import attribute_model
 
-from family_models import build, check_mask_round_trip, conditioning, empty_latent, plain_autograd_alpha
+from scripts.family_models import build, check_mask_round_trip, conditioning, empty_latent, plain_autograd_alpha
 
 STEPS, SEED, GUIDANCE = 3, 7, 3.0
 FP8 = torch.float8_e4m3fn
@@ -135,7 +135,7 @@ def test_fp16_compute_scales_the_loss_so_small_gradients_survive(monkeypatch):
 
     _, reference = flat(build("sd15", seed=3, scale=0.1, dtype=torch.float16, compute=torch.float32))
     scaled, with_scaling = flat(fp16_model())
-    assert scaled.meta["loss_scale"] == 4096.0
+    assert scaled.info.loss_scale == 4096.0
     monkeypatch.setattr(bridge, "loss_scale_for", lambda dtype, numel: 1.0)
     _, without = flat(fp16_model())
     error = lambda x: float((x - reference).norm() / reference.norm())  # noqa: E731

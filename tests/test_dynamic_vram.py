@@ -23,7 +23,7 @@ from cad_pack.cad_core import AttributionRequest, CADError
 from cad_pack.nodes.bridge import guided_run
 from cad_pack.nodes.bridge import attribute_model
 
-from family_models import build, conditioning, empty_latent, plain_autograd_alpha
+from scripts.family_models import build, conditioning, empty_latent, plain_autograd_alpha
 from tiny_models import sample as sample_tiny
 
 STEPS, SEED, GUIDANCE = 2, 5, 3.0

@@ -13,7 +13,7 @@ from cad_pack.nodes.bridge import attribute_model, patchable_weights
 from cad_pack.nodes.bridge.edits import KV_REGEX, text_kv_keys
 from cad_pack.nodes.erase_concept_node import CADEraseConcept, paired_guides
 
-from family_models import CTX, build, conditioning, empty_latent, loaded_weight
+from scripts.family_models import CTX, build, conditioning, empty_latent, loaded_weight
 from tiny_models import assert_untouched
 from tiny_models import sample as sample_tiny
 
@@ -51,7 +51,7 @@ def test_the_edit_patches_a_clone_scales_with_strength_and_unpatches_bit_exactly
     picture = sample_tiny(mp, pos, neg, steps=2)
     attribution = kv_attribution(mp, family)
     patched, edit = erase(mp, attribution)
-    assert set(edit.deltas) <= set(text_kv_keys(mp, CTX)) and edit.meta["located"] == list(edit.deltas)
+    assert set(edit.deltas) <= set(text_kv_keys(mp, CTX)) and edit.info.located == tuple(edit.deltas)
     key = next(iter(edit.deltas))
     original = mp.model.get_submodule(key.rsplit(".", 1)[0]).weight.detach().clone()
     delta = edit.deltas[key]
@@ -94,8 +94,8 @@ def test_the_toy_world_loses_the_typed_shape_and_keeps_the_others():
     the colour alone), the other shapes listed under keep; attribution 'a square' against '' on K/V, seed 0;
     pictures on seeds no attribution used. The square must mostly go while every other shape and every colour
     keeps >= 90%. Measured on the committed model: square 1.00 -> 0.00, the others kept 1.00."""
-    from toyworld.evaluate import ToyWorld
-    from toyworld.world import COLOUR_NAMES, SHAPES, caption
+    from cad_pack.nodes.toyworld.evaluate import ToyWorld
+    from cad_pack.nodes.toyworld.world import COLOUR_NAMES, SHAPES, caption
     world = ToyWorld.load()
     attribution = world.attribute("square", scope="regex", scope_regex=KV_REGEX, contrast="empty")
     others = [s for s in SHAPES if s != "square"]
@@ -167,7 +167,7 @@ def test_load_cad_edit_applies_a_saved_edit_to_its_model_only(tmp_path, monkeypa
     name = CADSaveEditAsLoRA.execute(edit=edit, filename_prefix="cat").args[0]
     with torch.inference_mode():
         loaded, loaded_edit = CADLoadEdit.execute(model=mp, lora_name=name, strength=0.5).args[:2]
-    assert set(loaded_edit.deltas) == set(edit.deltas) and loaded_edit.meta["erase"] == ["a cat"]
+    assert set(loaded_edit.deltas) == set(edit.deltas) and loaded_edit.info.erase == ("a cat",)
     for key in edit.deltas:
         assert torch.equal(loaded_weight(loaded, key), loaded_weight(patched, key)), key
     with pytest.raises(CADError, match="made for another model"), torch.inference_mode():

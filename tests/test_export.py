@@ -14,7 +14,7 @@ from cad_pack.cad_core.export import lora_key
 from cad_pack.nodes.bridge import apply_mask, attribute_model, patchable_weights
 from cad_pack.nodes.bridge.export import lora_from_mask
 
-from family_models import build, conditioning as family_conditioning, family_latent
+from scripts.family_models import build, conditioning as family_conditioning, family_latent
 from tiny_models import conditioning, sample, tiny_sd15
 
 POS, NEG = conditioning(1), conditioning(2)

@@ -19,7 +19,7 @@ from cad_pack.cad_core import (AttributionRequest, CADError, FlowMatching, Varia
 from cad_pack.cad_core.families import detect_family
 from cad_pack.nodes.bridge import apply_mask, attribute_model, parameterization_of, patchable_weights
 
-from family_models import (EXPECTED, FAMILIES, NO_PRESET, build, check_mask_round_trip, conditioning, empty_latent,
+from scripts.family_models import (EXPECTED, FAMILIES, NO_PRESET, build, check_mask_round_trip, conditioning, empty_latent,
                            family_latent, plain_autograd_alpha)
 
 STEPS, SEED, GUIDANCE = 3, 7, 3.0
@@ -131,7 +131,7 @@ def test_node_path_gradients_equal_plain_autograd(family, objective):
     attribution = node_path(mp, family, objective, concept_latent=concept)
     keys = list(attribution.scores)
     assert len(keys) == EXPECTED[family]["ff"]
-    assert attribution.meta["parameterization"] == ("flow_matching" if EXPECTED[family]["flow"] else "variance_exploding")
+    assert attribution.info.parameterization == ("flow_matching" if EXPECTED[family]["flow"] else "variance_exploding")
 
     reference = build(family, seed=3, scale=SCALE, inference=False)
     with torch.inference_mode(False):
@@ -220,12 +220,12 @@ def test_a_transformer_without_a_preset_gets_its_scopes_from_module_names():
     assert attention == [k for k, _ in available if re.search(r"\.attn\.w[12][qkvo]\.weight$", k)] and len(attention) == 12
     attribution = node_path(mp, "sd15", scope="ff")
     assert list(attribution.scores) == ff and all(s.abs().max() > 0 for s in attribution.scores.values())
-    assert "no 'ff' preset: CAD chose 9 matrices from their module names" in attribution.meta["scope_notice"]
-    assert attribution.meta["scope_notice"] in attribution.summary_text()
+    assert "no 'ff' preset: CAD chose 9 matrices from their module names" in attribution.info.scope_notice
+    assert attribution.info.scope_notice in attribution.summary_text()
     attribution = node_path(mp, "sd15", scope="regex", scope_regex=r"\.mlpX\.c_fc[12]\.weight$")
     assert list(attribution.scores) == ["diffusion_model.double_layers.0.mlpX.c_fc1.weight",
                                         "diffusion_model.double_layers.0.mlpX.c_fc2.weight"]
-    assert attribution.meta["parameterization"] == "flow_matching" and "scope_notice" not in attribution.meta
+    assert attribution.info.parameterization == "flow_matching" and attribution.info.scope_notice is None
     assert all(s.abs().max() > 0 for s in attribution.scores.values())
 
 
@@ -249,7 +249,7 @@ def test_video_transformers_without_a_preset_attribute_through_module_names(fami
     named_like_mlp = [k for k, s in available if len(s) == 2 and re.search(r"\.\d+\..*(mlp|ff)\b[\w.]*\.weight$", k)]
     assert ff == named_like_mlp and ff
     attribution = node_path(mp, family, scope="ff+attention")
-    assert "no 'ff+attention' preset" in attribution.meta["scope_notice"]
+    assert "no 'ff+attention' preset" in attribution.info.scope_notice
     keys = list(attribution.scores)
     reference = build(family, seed=3, scale=SCALE, inference=False)
     with torch.inference_mode(False):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow   # make test-slow: each runs a benchmark script e
 
 def test_family_cost_script_builds_every_row(tmp_path):
     out = tmp_path / "cost"
-    done = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "family_cost.py"), "--tiny", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.family_cost", "--tiny", "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_PATH": COMFYUI_PATH})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -10,14 +10,14 @@ import pytest
 
 from conftest import COMFYUI_PATH, REPO
 
-import cross_version as X
+from scripts import cross_version as X
 
 pytestmark = pytest.mark.slow   # make test-slow: each runs a benchmark script end to end
 
 
 def test_gpu_compat_script_passes_on_the_cpu(tmp_path):
     version = ".".join(map(str, X.COMFYUI_VERSION))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu_compat.py"), "--cpu",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_compat", "--cpu",
                            "--legs", f"{version}={sys.executable}:{COMFYUI_PATH}", "--results-dir", str(tmp_path)],
                           capture_output=True, text=True, cwd=REPO, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -128,6 +128,51 @@ def test_node_has_a_description_and_every_socket_a_tooltip(node_id):
         assert (o.tooltip or "").strip(), f"{node_id}: output {name} has no tooltip"
 
 
+# A tooltip says what a socket does and its useful range, in one line; explanations and measured figures (which go
+# stale) belong on the help page, next to the result file under benchmarks/results/ that holds them.
+TOOLTIP_MAX_CHARS = 160
+MEASURED_CLAIM = re.compile(r"\d\s*(?:[KMGT]i?B)\b|Jaccard|benchmarks/results|README", re.I)
+ABBREVIATIONS = re.compile(r"\b(?:e\.g|i\.e|etc|vs)\.", re.I)
+
+
+def sentence_count(text):
+    """Sentence ends in a tooltip: '.', '!' or '?' before a space or the end (e.g./i.e. are not ends)."""
+    return len(re.findall(r"[.!?](?=\s|$)", ABBREVIATIONS.sub("", text)))
+
+
+def tooltip_problems(where, tooltip):
+    tooltip = tooltip or ""
+    problems = []
+    if "\n" in tooltip.strip():
+        problems.append(f"{where}: tooltip has several lines")
+    if len(tooltip) > TOOLTIP_MAX_CHARS:
+        problems.append(f"{where}: tooltip has {len(tooltip)} characters (at most {TOOLTIP_MAX_CHARS})")
+    if sentence_count(tooltip) > 1:
+        problems.append(f"{where}: tooltip has {sentence_count(tooltip)} sentences (one line, one sentence)")
+    if MEASURED_CLAIM.search(tooltip):
+        problems.append(f"{where}: tooltip quotes a measurement ({MEASURED_CLAIM.search(tooltip).group(0)!r}); "
+                        f"put it on web/docs/<NodeId>.md with its result file")
+    return problems
+
+
+@pytest.mark.parametrize("node_id", sorted(SCHEMAS))
+def test_every_tooltip_is_one_short_line_without_measurements(node_id):
+    schema = SCHEMAS[node_id]
+    problems = [p for i in schema.inputs for p in tooltip_problems(f"{node_id}.{i.id}", i.tooltip)]
+    problems += [p for name, o in zip(output_names(schema), schema.outputs)
+                 for p in tooltip_problems(f"{node_id} output {name}", o.tooltip)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_tooltip_check_catches_long_and_measured_tooltips():
+    assert not tooltip_problems("x", "The concept, e.g. CLIPTextEncode('a photo of a cat').")
+    assert tooltip_problems("x", "Timesteps visited. Fewer give a different mask.")
+    assert tooltip_problems("x", "Flux's ff scope needs ~58 GB unchunked.")
+    assert tooltip_problems("x", "Masks from 20 steps overlap those from 50 with a Jaccard index of 0.75.")
+    assert tooltip_problems("x", "a" * (TOOLTIP_MAX_CHARS + 1))
+    assert tooltip_problems("x", "first line\nsecond line")
+
+
 def test_the_checks_catch_a_stale_page():
     """The parsers above find what a broken page gets wrong (so the tests can fail)."""
     page = read_page("CADEraseMask").replace("`protect_weight`", "`keep_weight`")
@@ -149,8 +194,8 @@ def test_server_serves_every_page_where_the_frontend_looks(comfy_server):
         parts = module.split(".")
         assert len(parts) >= 2 and parts[0] == "custom_nodes", f"{node_id}: python_module {module!r}"
         pack = parts[1].split("@")[0]
-        status, body = comfy_server._request(f"/extensions/{pack}/docs/{node_id}.md")
+        status, body = comfy_server.client.request(f"/extensions/{pack}/docs/{node_id}.md")
         assert status == 200, f"GET /extensions/{pack}/docs/{node_id}.md returned {status}"
         assert body.decode("utf-8") == read_page(node_id)
-    status, _ = comfy_server._request(f"/extensions/{pack}/docs/NoSuchNode.md")
+    status, _ = comfy_server.client.request(f"/extensions/{pack}/docs/NoSuchNode.md")
     assert status == 404

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import folder_paths
-from cad_pack.cad_core import AttributionRequest, CADError, Mask, save_mask
+from cad_pack.cad_core import AttributionRequest, CADError, Mask, MaskInfo, save_mask
 from cad_pack.cad_core.serialization import _metadata
 from cad_pack.nodes.bridge import bounded_matcher
-from cad_pack.nodes.file_nodes import prefix_problem, save_new_file
+from cad_pack.nodes.bridge.files import prefix_problem, save_new_file
 from cad_pack.nodes.ui_text import FIELD_LIMIT
 
 from robustness_graphs import attribute_graph, server_model_fingerprint
@@ -52,7 +52,7 @@ def test_backtracking_scope_regex_cannot_hang_the_server(comfy_server):
     def poll_queue():
         while not stop.is_set():
             started = time.monotonic()
-            status, _ = comfy_server._request("/queue", timeout=30)
+            status, _ = comfy_server.client.request("/queue", timeout=30)
             assert status == 200
             slowest[0] = max(slowest[0], time.monotonic() - started)
             time.sleep(0.05)
@@ -93,7 +93,7 @@ def test_a_save_never_replaces_an_existing_file(monkeypatch, tmp_path):
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(tmp_path)])
     monkeypatch.setattr(folder_paths, "get_save_image_path",
                         lambda prefix, root: (str(tmp_path), "cad", 1, "", prefix))   # always counter 1
-    mask = Mask({"w": torch.tensor([0])}, {"w": (2, 2)}, "v2-0000000000000000", {"mode": "erase"})
+    mask = Mask({"w": torch.tensor([0])}, {"w": (2, 2)}, "v2-0000000000000000", MaskInfo(mode="erase"))
     first = save_new_file("cad", lambda p: save_mask(mask, p))
     before = open(first, "rb").read()
     second = save_new_file("cad", lambda p: save_mask(mask, p))
@@ -105,7 +105,7 @@ def test_a_save_never_replaces_an_existing_file(monkeypatch, tmp_path):
 @pytest.mark.server
 def test_empty_and_control_character_prefixes_are_refused_at_queue_time(comfy_server):
     folder = cad_dir(comfy_server)
-    put(save_mask, Mask({"w": torch.tensor([0])}, {"w": (2, 2)}, "v2-0000000000000000", {"mode": "erase"}),
+    put(save_mask, Mask({"w": torch.tensor([0])}, {"w": (2, 2)}, "v2-0000000000000000", MaskInfo(mode="erase")),
         folder, "source_mask.safetensors")
     before = sorted(os.listdir(folder))
     for saver, what in (("CADSaveMask", "mask"), ("CADSaveAttribution", "attribution")):
@@ -125,13 +125,13 @@ def test_a_huge_metadata_field_is_not_echoed_into_history(comfy_server):
     fingerprint = server_model_fingerprint(comfy_server)
     huge = "x" * (50 * 2**20)
     mask = Mask({"diffusion_model.out.2.weight": torch.tensor([0, 1])}, {"diffusion_model.out.2.weight": (4, 320)},
-                fingerprint, {"mode": "erase", "ratio": 0.1, "granularity": huge})
+                fingerprint, MaskInfo(mode="erase", ratio=0.1, granularity=huge))
     put(save_mask, mask, cad_dir(comfy_server), "huge_field_mask.safetensors")
     graph = {"L": {"class_type": "CADLoadMask", "inputs": {"file": "huge_field_mask.safetensors"}},
              "S": {"class_type": "CADSaveMask", "inputs": {"mask": ["L", 0], "filename_prefix": "robustness/huge"}}}
     result = comfy_server.run(graph, timeout=300)
     assert result["status"] == "success", result["error"]
-    status, raw = comfy_server._request(f"/history/{result['prompt_id']}")
+    status, raw = comfy_server.client.request(f"/history/{result['prompt_id']}")
     assert status == 200 and len(raw) < 64 * 1024, f"/history entry of {len(raw):,} bytes"
     shown = json.loads(raw)[result["prompt_id"]]["outputs"]["L"]
     assert shown["cad_mask"][0]["granularity"].startswith("x" * FIELD_LIMIT + "… (52,428,800 characters, cut)")
@@ -155,7 +155,7 @@ def test_identical_concept_and_base_prompts_are_refused_with_advice(comfy_server
 
 
 def test_an_attribution_whose_every_score_is_zero_is_refused():
-    from family_models import build, conditioning, empty_latent
+    from scripts.family_models import build, conditioning, empty_latent
     from cad_pack.nodes.bridge import attribute_model
 
     with pytest.raises(CADError, match="Every score of this attribution is exactly 0.*steps >= 2"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError, Mask, block_map, short_block_name
+from cad_pack.cad_core import Attribution, AttributionInfo, CADError, Mask, MaskInfo, block_map, short_block_name
 
 K_IN1_A = "diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"
 K_IN1_B = "diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight"
@@ -21,7 +21,7 @@ BLOCK_OF = {K_IN1_A: "input_blocks.1", K_IN1_B: "input_blocks.1", K_IN10: "input
 def random_attribution(fingerprint="fp-A", seed=0, shapes=SHAPES):
     g = torch.Generator().manual_seed(seed)
     scores = {key: torch.randn(shape, generator=g) for key, shape in shapes.items()}
-    return Attribution(scores, fingerprint, {"objective": "concept_gap", "scope": "ff"})
+    return Attribution(scores, fingerprint, AttributionInfo(objective="concept_gap", scope="ff"))
 
 
 def ix(*values):
@@ -29,7 +29,7 @@ def ix(*values):
 
 
 def mask_of(indices, fingerprint="fp-A", shapes=SHAPES):
-    return Mask(dict(indices), dict(shapes), fingerprint, {"mode": "erase", "ratio": 0.1, "granularity": "global"})
+    return Mask(dict(indices), dict(shapes), fingerprint, MaskInfo(mode="erase", ratio=0.1, granularity="global"))
 
 
 # ---------------------------------------------------------------------------------------------- cad_core
@@ -208,7 +208,7 @@ def assert_heights_follow(heights, values):
 def test_map_of_an_all_zero_attribution_draws_no_bars():
     from cad_pack.nodes.map_render import MUTED, NEGATIVE, POSITIVE, render_block_map
 
-    zero = Attribution({K_MID: torch.zeros(5, 5)}, "fp", {"objective": "concept_gap", "scope": "ff"})
+    zero = Attribution({K_MID: torch.zeros(5, 5)}, "fp", AttributionInfo(objective="concept_gap", scope="ff"))
     picture = np.asarray(render_block_map(block_map(zero), 512, 256)).astype(int)
     some = np.asarray(render_block_map(block_map(random_attribution(shapes={K_MID: (5, 5)})), 512, 256)).astype(int)
     assert picture.shape == (256, 512, 3)

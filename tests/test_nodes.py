@@ -4,7 +4,7 @@ import asyncio
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, CADError
+from cad_pack.cad_core import Attribution, AttributionInfo, CADError
 from cad_pack.nodes.apply_node import ApplyCADMask
 from cad_pack.nodes.attribute_node import CADAttribute
 from cad_pack.nodes.mask_nodes import CADAmplifyMask, CADCombineMasks, CADEraseMask
@@ -16,7 +16,8 @@ KEY = "diffusion_model.middle_block.1.transformer_blocks.0.ff.net.2.weight"
 
 
 def scores_attribution(values, fingerprint="f" * 16, objective="concept_gap"):
-    return Attribution({KEY: torch.tensor(values, dtype=torch.float32)}, fingerprint, {"objective": objective})
+    return Attribution({KEY: torch.tensor(values, dtype=torch.float32)}, fingerprint,
+                       AttributionInfo(objective=objective))
 
 
 def test_entrypoint_lists_the_design_card_nodes(cad_pack):
@@ -42,7 +43,7 @@ def test_erase_with_protect_drop_vetoes_what_the_other_concept_needs():
     other = scores_attribution([[1.0, -1.0, 0.2, -3.0]])
     mask = CADEraseMask.execute(attribution=target, ratio=1.0, granularity="per_row", protect=other,
                                 protect_mode="drop").args[0]
-    assert mask.indices[KEY].tolist() == [1, 3] and mask.meta["protected_dropped"] == 2
+    assert mask.indices[KEY].tolist() == [1, 3] and mask.info.protected_dropped == 2
 
 
 def test_erase_with_protect_subtract_ranks_by_margin_and_still_reaches_the_ratio():
@@ -53,7 +54,7 @@ def test_erase_with_protect_subtract_ranks_by_margin_and_still_reaches_the_ratio
     mask = CADEraseMask.execute(attribution=target, ratio=0.5, granularity="per_row", protect=kept[0],
                                 protect_2=kept[1]).args[0]
     assert mask.indices[KEY].tolist() == [0, 3]
-    assert mask.meta["protect_mode"] == "subtract" and mask.meta["protected"] == 2
+    assert mask.info.protect_mode == "subtract" and mask.info.protected == 2
     with pytest.raises(CADError, match="selects no weights"):
         CADEraseMask.execute(attribution=target, ratio=0.5, granularity="per_row", protect=kept[0],
                              protect_mode="drop")

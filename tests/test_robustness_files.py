@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cad_pack.cad_core import Attribution, Mask, save_attribution, save_mask
+from cad_pack.cad_core import Attribution, AttributionInfo, Mask, MaskInfo, save_attribution, save_mask
 from cad_pack.cad_core.serialization import _metadata
 
 from robustness_graphs import server_model_fingerprint, snapshot_files, with_branches
@@ -90,12 +90,12 @@ def safetensors_bytes(tensors, metadata):
 
 
 def valid_mask(fingerprint):
-    return Mask({KEY: torch.arange(0, 4000, 7)}, {KEY: SHAPE}, fingerprint, {"mode": "erase", "ratio": 0.01})
+    return Mask({KEY: torch.arange(0, 4000, 7)}, {KEY: SHAPE}, fingerprint, MaskInfo(mode="erase", ratio=0.01))
 
 
 def valid_attribution(fingerprint):
     scores = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    return Attribution({KEY: scores}, fingerprint, {"objective": "concept_gap", "scope": "ff"})
+    return Attribution({KEY: scores}, fingerprint, AttributionInfo(objective="concept_gap", scope="ff"))
 
 
 def put(save, obj, folder, name):

@@ -14,8 +14,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cad_pack.cad_core import (Attribution, CADFileError, Mask, load_attribution, load_mask, read_kind,
-                               save_attribution, save_mask)
+from cad_pack.cad_core import (Attribution, AttributionInfo, CADFileError, Mask, MaskInfo, load_attribution, load_mask,
+                               read_kind, save_attribution, save_mask)
 from cad_pack.cad_core.serialization import _metadata
 
 FUZZ_EXAMPLES = 150
@@ -32,9 +32,9 @@ TARGET = os.path.join(WORKDIR, "fuzzed.safetensors")
 def _valid_files():
     g = torch.Generator().manual_seed(0)
     a = Attribution({KEY_A: torch.randn((6, 5), generator=g), KEY_B: torch.randn((3, 4), generator=g)}, FINGERPRINT,
-                    {"objective": "concept_gap", "scope": "ff", "steps": 3, "guidance": 3.0})
+                    AttributionInfo(objective="concept_gap", scope="ff", steps=3, guidance=3.0))
     m = Mask({KEY_A: torch.tensor([0, 3, 29]), KEY_B: torch.tensor([1, 2])}, {KEY_A: (6, 5), KEY_B: (3, 4)}, FINGERPRINT,
-             {"mode": "erase", "ratio": 0.1, "granularity": "per_row", "scoped_weights": 42})
+             MaskInfo(mode="erase", ratio=0.1, granularity="per_row", scoped_weights=42))
     out = {}
     for name, obj, save in (("attribution", a, save_attribution), ("mask", m, save_mask)):
         path = os.path.join(WORKDIR, f"valid_{name}.safetensors")

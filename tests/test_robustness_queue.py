@@ -9,7 +9,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from cad_pack.cad_core import Mask, save_mask
+from cad_pack.cad_core import Mask, MaskInfo, save_mask
 
 from robustness_graphs import attribute_node, saved_latent, server_model_fingerprint, with_branches
 
@@ -49,7 +49,7 @@ def test_branches_and_queued_prompts_sharing_one_checkpoint_match_each_branch_al
     fingerprint = server_model_fingerprint(comfy_server)
     folder = os.path.join(comfy_server.base_dir, "models", "cad")
     keys = {FF2.format("middle_block"): (320, 1280), FF2.format("output_blocks.0"): (320, 1280)}
-    save_mask(Mask({k: torch.arange(0, 320 * 1280, 3) for k in keys}, keys, fingerprint, {"mode": "erase"}),
+    save_mask(Mask({k: torch.arange(0, 320 * 1280, 3) for k in keys}, keys, fingerprint, MaskInfo(mode="erase")),
               os.path.join(folder, FILE_MASK))
 
     tags = list(branches())

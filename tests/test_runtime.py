@@ -31,7 +31,7 @@ def core_graph(ckpt_name, size=64):
 
 
 def test_checkpoint_detected_as_sd15_and_runs(sd15_test_checkpoint):
-    from make_test_checkpoint import check_checkpoint
+    from scripts.make_test_checkpoint import check_checkpoint
     facts = check_checkpoint(sd15_test_checkpoint)  # asserts SD15, MODEL/CLIP/VAE finite, sampling finite
     assert facts["config"] == "SD15"
     assert facts["cond_shape"] == (1, 77, 768)
@@ -65,11 +65,18 @@ def test_pack_nodes_registered_on_server(comfy_server, cad_pack):
     expected = set(PACK_NODE_IDS) | set(getattr(cad_pack, "NODE_CLASS_MAPPINGS", {}))
     missing = sorted(expected - set(info))
     assert not missing, f"pack nodes missing from /object_info: {missing}\n{comfy_server.log_tail()}"
+    # The web extension picks its nodes by python_module (no hand-kept list of ids): every pack node, and only
+    # they, carry custom_nodes.<the folder /extensions/ serves the pack's web files from>.
+    from scripts.comfy_server import PACK_DIR_NAME
+    from cad_pack.nodes.extension import NODES
+    ours = {name for name, node in info.items() if node.get("python_module") == f"custom_nodes.{PACK_DIR_NAME}"}
+    registered = {node.define_schema().node_id for node in NODES}
+    assert ours == registered and expected <= ours, sorted(ours ^ registered)
 
 
 @pytest.mark.skipif(not os.path.isfile(PACK_INIT), reason="pack __init__.py not present yet")
 def test_quick_test_for_ci_imports_pack():
-    from comfy_server import PACK_DIR_NAME, ComfyServer, reset_dir
+    from scripts.comfy_server import PACK_DIR_NAME, ComfyServer, reset_dir
     base = os.path.join(ARTIFACTS, "quicktest")
     reset_dir(base)
     srv = ComfyServer(base, extra_args=["--quick-test-for-ci"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, Mask, save_attribution, save_mask
+from cad_pack.cad_core import Attribution, AttributionInfo, Mask, MaskInfo, save_attribution, save_mask
 
 from robustness_graphs import image_pixels, sample_graph
 
@@ -150,7 +150,7 @@ def cad_dir(server):
 
 def test_mask_for_another_model_is_refused(comfy_server):
     key = "diffusion_model.middle_block.1.transformer_blocks.0.ff.net.2.weight"
-    foreign = Mask({key: torch.tensor([0, 1, 2])}, {key: (320, 1280)}, "0123456789abcdef", {"mode": "erase"})
+    foreign = Mask({key: torch.tensor([0, 1, 2])}, {key: (320, 1280)}, "0123456789abcdef", MaskInfo(mode="erase"))
     save_mask(foreign, os.path.join(cad_dir(comfy_server), "foreign_mask.safetensors"))
     graph = erase_graph(comfy_server.ckpt_name)
     graph["6"] = {"class_type": "CADLoadMask", "inputs": {"file": "foreign_mask.safetensors"}}
@@ -162,7 +162,7 @@ def test_nan_attribution_is_refused(comfy_server):
     key = "diffusion_model.middle_block.1.transformer_blocks.0.ff.net.2.weight"
     scores = torch.zeros(320, 1280)
     scores[3, 4] = float("nan")
-    save_attribution(Attribution({key: scores}, "0123456789abcdef", {"objective": "concept_gap"}),
+    save_attribution(Attribution({key: scores}, "0123456789abcdef", AttributionInfo(objective="concept_gap")),
                      os.path.join(cad_dir(comfy_server), "nan_attribution.safetensors"))
     graph = erase_graph(comfy_server.ckpt_name)
     graph["5"] = {"class_type": "CADLoadAttribution", "inputs": {"file": "nan_attribution.safetensors"}}

@@ -10,7 +10,7 @@ import torch
 from cad_pack.cad_core import CADError
 from cad_pack.nodes.demo_model_node import CADDemoModel
 from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, verify_weights_file
-from toyworld.scorers import clean_accuracy, load_shape_classifier
+from cad_pack.nodes.toyworld.scorers import clean_accuracy, load_shape_classifier
 
 
 def test_committed_weights_match_their_checksum():
@@ -63,7 +63,7 @@ def test_erasing_a_shape_works_beats_a_random_control_and_spares_another_shape()
     'a cross' against '', ff scope, per_row 0.1) must cut the cross's accuracy by at least 0.6 while the
     circle keeps at least 0.75, and ablating the same number of weights per matrix at random must not
     (at most 0.25). Measured on the committed model: cross 1.00 -> 0.00 with the circle at 0.88."""
-    from toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control
+    from cad_pack.nodes.toyworld.evaluate import ToyWorld, edited, erase_mask, matched_control
     world = ToyWorld.load()
     attribution = world.attribute("cross", contrast="empty", samples=2)
     mask = erase_mask(attribution, 0.1)
@@ -89,8 +89,8 @@ def test_protect_subtract_on_cross_attention_erases_the_circle_and_keeps_the_oth
     Measured on the committed model: circle 0.94 -> 0.00 with the others kept at 1.00; unprotected, the others keep
     0.38 at worst. (Other attribution seeds erase the circle less: selective_erase_seeds.md.)"""
     from cad_pack.nodes.mask_nodes import CADEraseMask
-    from toyworld.evaluate import ToyWorld, edited
-    from toyworld.world import SHAPES
+    from cad_pack.nodes.toyworld.evaluate import ToyWorld, edited
+    from cad_pack.nodes.toyworld.world import SHAPES
     world = ToyWorld.load()
     kv = {"scope": "regex", "scope_regex": r"attn2\.to_[kv]", "contrast": "empty"}
     scores = {shape: world.attribute(shape, **kv) for shape in SHAPES}
@@ -123,8 +123,8 @@ def test_amplify_from_concept_gap_raises_a_weakly_drawn_shape_at_cfg_1():
     move it by no more than one picture in 16. Measured on the committed model: circle 0.69 -> 0.94, the others
     kept 1.00; the random control leaves it at 0.69."""
     from cad_pack.nodes.mask_nodes import CADAmplifyMask
-    from toyworld.evaluate import ToyWorld, edited, matched_control
-    from toyworld.world import SHAPES
+    from cad_pack.nodes.toyworld.evaluate import ToyWorld, edited, matched_control
+    from cad_pack.nodes.toyworld.world import SHAPES
     world = ToyWorld.load()
     attribution = world.attribute("circle", contrast="empty")
     mask = CADAmplifyMask.execute(attribution=attribution, ratio=0.01, granularity="per_row").args[0]

@@ -27,7 +27,7 @@ def tiny_wan_file():
         return WAN_FILE
     import comfy.supported_models
     import comfy.utils
-    from family_models import _init_
+    from scripts.family_models import _init_
     config = comfy.supported_models.WAN22_T2V(dict(WAN_CONFIG))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=torch.device("cpu"))
@@ -41,7 +41,7 @@ def tiny_wan_file():
 
 @pytest.fixture(scope="module")
 def video_server():
-    from comfy_server import ComfyServer, reset_dir
+    from scripts.comfy_server import ComfyServer, reset_dir
     base = os.path.join(ARTIFACTS, "server_video")
     reset_dir(base)
     server = ComfyServer(base, log_path=os.path.join(ARTIFACTS, "comfy_server_video.log"),

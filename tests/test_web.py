@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from cad_pack.cad_core import Attribution, select_components
+from cad_pack.cad_core import Attribution, AttributionInfo, select_components
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEB = os.path.join(REPO, "web")
@@ -87,7 +87,7 @@ def attribution():
     g = torch.Generator().manual_seed(0)
     blocks = ["input_blocks.4", "middle_block", "output_blocks.7"]
     scores = {KEY.format(b): torch.randn(16, 8, generator=g) * 1e-4 for b in blocks}
-    return Attribution(scores, "fp", {"objective": "concept_gap", "scope": "ff"})
+    return Attribution(scores, "fp", AttributionInfo(objective="concept_gap", scope="ff"))
 
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(WEB) if f.endswith(".js")))
@@ -147,3 +147,19 @@ def test_map_chart_adds_shares_and_the_mask_count(tmp_path):
 def test_messages_without_cad_data_add_no_views(tmp_path):
     [out] = run_views(tmp_path, [{"node": "CADSaveMask", "message": {"text": ["saved models/cad/x.safetensors"]}}])
     assert out == {"node": "CADSaveMask"}
+
+
+def test_the_extension_finds_its_nodes_by_the_folder_it_is_served_from(tmp_path):
+    """cad_summary.js keeps no list of node ids: a node is the pack's when the backend's python_module for it is
+    custom_nodes.<the folder its own URL is served from>."""
+    shutil.copy(os.path.join(WEB, "cad_views.js"), tmp_path / "cad_views.mjs")
+    urls = ["http://127.0.0.1:8188/extensions/comfyui-cad/cad_summary.js",
+            "https://host/comfy/extensions/comfyui%20cad%20(copy)/cad_summary.js?v=3"]
+    (tmp_path / "folder.mjs").write_text('import { packFolder } from "./cad_views.mjs";\n'
+                                         'console.log(JSON.stringify(JSON.parse(process.argv[2]).map(packFolder)));')
+    done = subprocess.run([NODE, str(tmp_path / "folder.mjs"), json.dumps(urls)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["comfyui-cad", "comfyui cad (copy)"]
+    summary = open(os.path.join(WEB, "cad_summary.js"), encoding="utf-8").read()
+    assert "nodeData.python_module !== PACK_MODULE" in summary and "CADAttribute" not in summary

@@ -3,19 +3,18 @@ against the real server's /object_info. That they run, opened in a real browser,
 import glob
 import json
 import os
-import urllib.request
 
 import pytest
 from PIL import Image
 
-from comfy_server import PACK_DIR_NAME
-from example_workflows import DEMO_NAME, demo_graph
-from make_example_workflows import workflow_path
+from scripts.comfy_server import PACK_DIR_NAME
+from scripts.example_workflows import DEMO_NAME, demo_graph
+from scripts.make_example_workflows import workflow_path
 
 UI_FILE = workflow_path(DEMO_NAME)
-from example_workflows import all_examples
-from make_example_workflows import EXAMPLES_DIR, thumbnail_path, workflow_path
-from workflow_format import api_to_ui, ui_to_api
+from scripts.example_workflows import all_examples
+from scripts.make_example_workflows import EXAMPLES_DIR, thumbnail_path, workflow_path
+from scripts.workflow_format import api_to_ui, ui_to_api
 
 pytestmark = pytest.mark.server
 
@@ -104,11 +103,10 @@ def test_shipped_examples_are_current(comfy_server):
 
 
 def test_server_offers_the_examples_as_templates(comfy_server):
-    with urllib.request.urlopen(comfy_server.url + "/workflow_templates") as r:
-        listed = json.load(r)
+    listed = comfy_server.client.get_json("/workflow_templates")
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in SHIPPED)
     assert sorted(listed[PACK_DIR_NAME]) == names
     for name in names:
-        with urllib.request.urlopen(f"{comfy_server.url}/api/workflow_templates/{PACK_DIR_NAME}/{name}.jpg") as r, \
-                open(thumbnail_path(name), "rb") as f:
-            assert r.status == 200 and r.read() == f.read()
+        status, thumbnail = comfy_server.client.request(f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.jpg")
+        with open(thumbnail_path(name), "rb") as f:
+            assert status == 200 and thumbnail == f.read()

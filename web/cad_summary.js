@@ -1,18 +1,16 @@
 // Shows what CAD nodes send in their UI output under the node: a per-block chart of the attribution
 // (cad_summary, cad_map), the count of weights a mask selects (cad_mask), and the text summary (text).
 import { app } from "../../scripts/app.js";
-import { viewsFor } from "./cad_views.js";
+import { packFolder, viewsFor } from "./cad_views.js";
 
 // The frontend insets each DOM widget by a 10 px margin on every side.
 const WIDGET_MARGINS = 20;
 // Room for about 22 px per block, so short block names stay readable; never wider than this.
 const MAX_CHART_WIDTH = 640;
 
-const CAD_NODES = new Set([
-  "CADAttribute", "CADSumAttributions", "CADEraseMask", "CADAmplifyMask", "CADCombineMasks", "CADAttributionMap",
-  "CADSaveAttribution", "CADSaveMask", "CADLoadAttribution", "CADLoadMask", "CADSaveMaskAsLoRA", "CADEraseConcept",
-  "CADSaveEditAsLoRA", "CADLoadEdit",
-]);
+// This pack's nodes, as the backend reports them: ComfyUI gives every node of a custom-node folder the
+// python_module "custom_nodes.<folder>" and serves that folder's web files under /extensions/<folder>/.
+const PACK_MODULE = `custom_nodes.${packFolder(import.meta.url)}`;
 
 // One DOM widget per node, created on the first execution and refilled on every later one.
 function showViews(node, nodeName, message) {
@@ -75,7 +73,7 @@ function fitOncePreviewShows(node, framesLeft = 300) {
 app.registerExtension({
   name: "cad.summary",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!CAD_NODES.has(nodeData.name)) return;
+    if (nodeData.python_module !== PACK_MODULE) return;
     const nodeName = nodeData.name;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {

@@ -122,3 +122,10 @@ export function viewsFor(nodeName, message) {
   if (mask) views.push({ kind: "mask", render: (el) => renderMaskCount(el, mask) });
   return views;
 }
+
+// The custom-node folder a web file of the pack is served from: ComfyUI serves it as /extensions/<folder>/<file>.
+export function packFolder(url) {
+  const path = new URL(url).pathname;
+  const start = path.indexOf("/extensions/") + "/extensions/".length;
+  return decodeURIComponent(path.slice(start, path.indexOf("/", start)));
+}

@@ -50,8 +50,8 @@ def base_predictions(base, points) -> list[torch.Tensor]:
 
 
 def objectives_help() -> str:
-    """One line per objective, for the node's tooltip."""
-    return " ".join(f"{o.name}: {o.measures} (for {o.purpose})." for o in OBJECTIVES.values())
+    """The node's one-line tooltip: each objective and what it is for (the help page explains them)."""
+    return "What J measures: " + ", ".join(f"{o.name} (for {o.purpose})" for o in OBJECTIVES.values()) + "."
 
 
 __all__ = ["OBJECTIVES", "Objective", "objective_named", "measure_objective", "base_predictions", "objectives_help"]

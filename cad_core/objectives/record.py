@@ -8,8 +8,8 @@ import torch
 @dataclass(frozen=True)
 class Objective:
     name: str
-    # for the node's tooltip and the README: what J measures, what it is for, J as a formula (markdown) and
-    # what ablating its components does
+    # what J measures (in words), what it is for (the node's one-line tooltip names it), J as a formula (markdown)
+    # and what ablating its components does (the README's objectives list shows the last three)
     measures: str
     purpose: str
     formula: str

@@ -111,8 +111,8 @@ class ComfyBackend:
                     samples=request.samples if given is None else max(request.samples, len(given)),  # every image
                     images=given, loss_scale=loss_scale_for(compute_dtype_of(model), noise[0].numel()),
                     on_progress=on_progress, fingerprint=fingerprint, refuse_all_zero=False,
-                    meta={"sampler": f"ddim (deterministic), scheduler {SCHEDULER}", **decided,
-                          "latent_shape": list(latent_image.shape)})
+                    info_fields={"sampler": f"ddim (deterministic), scheduler {SCHEDULER}", **decided,
+                                 "latent_shape": tuple(latent_image.shape)})
                 return processed_latent
             return AttributionSampler(run, grad_model, private_saves, checkpointing, decided)
 

@@ -6,6 +6,7 @@ import torch
 from ...cad_core import CADError
 from ...cad_core.closed_form import closed_form_edit, located_keys
 from ...cad_core.edit import WeightEdit
+from ...cad_core.edit_info import EditInfo
 from .model_info import check_fingerprint, fingerprint_of, original_weight, patchable_weights
 
 KV_SUFFIXES = (".attn2.to_k.weight", ".attn2.to_v.weight")
@@ -51,10 +52,10 @@ def erase_concept(model, clip, attribution, erase, guide, keep, *, overshoot: fl
     chosen = located_keys(attribution, [k for k in keys if k in attribution.scores], mass_share)
     weights = {k: original_weight(model, k).detach().to("cpu", torch.float32) for k in chosen}
     deltas = closed_form_edit(weights, erase_rows, guide_rows, keep_rows, preserve, ridge, overshoot)
-    meta = {"mode": "erase concept", "erase": list(erase), "guide": list(guide), "keep": list(keep),
-            "overshoot": overshoot, "preserve": preserve, "ridge": ridge, "text_rows": rows, "mass_share": mass_share,
-            "located": chosen, "objective": attribution.meta.get("objective")}
-    return WeightEdit(deltas, fingerprint_of(model), meta)
+    info = EditInfo(mode="erase concept", erase=tuple(erase), guide=tuple(guide), keep=tuple(keep),
+                    overshoot=overshoot, preserve=preserve, ridge=ridge, text_rows=rows, mass_share=mass_share,
+                    located=tuple(chosen), objective=attribution.info.objective)
+    return WeightEdit(deltas, fingerprint_of(model), info)
 
 
 def apply_edit(model, edit: WeightEdit, strength: float):

@@ -20,7 +20,7 @@ def measure_on(model, positive, base, attribution: Attribution, mask: Mask | Non
     alpha estimates to first order.
     """
     _check_measurable(model, attribution)
-    objective, parameterization = attribution.meta["objective"], parameterization_of(model)
+    objective, parameterization = attribution.info.objective, parameterization_of(model)
     target = model if mask is None else apply_mask(model, mask, strength)
     return _at_visited_points(target, positive, base, attribution, lambda concept, base_fn: measure_objective(
         objective, concept, base_fn, parameterization, attribution.points, held_base=held_base))
@@ -51,7 +51,7 @@ def _at_visited_points(model, positive, base, attribution: Attribution, measure)
 
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, base)
-    guider.set_cfg(attribution.meta.get("guidance", 1.0))
+    guider.set_cfg(1.0 if attribution.info.guidance is None else attribution.info.guidance)
     start = torch.zeros(attribution.points[0].x_t.shape)
     sigmas = torch.stack([attribution.points[0].sigma.float(), torch.zeros(())])
     guider.sample(start, start, AttributionSampler(run), sigmas, seed=0, disable_pbar=True)

@@ -136,12 +136,12 @@ def verify_weights_file(path: str = WEIGHTS_FILE) -> str:
     """The committed weights must match their checksum: a damaged file would silently give a broken demo."""
     if not os.path.isfile(path):
         raise CADError(f"The toy-world weights are missing ({path}). Reinstall the pack, or retrain them with "
-                       f"scripts/toyworld/train.py.")
+                       f"`python -m scripts.train_toyworld`.")
     expected = open(path + ".sha256").read().split()[0]
     actual = hashlib.sha256(open(path, "rb").read()).hexdigest()
     if actual != expected:
         raise CADError(f"The toy-world weights do not match their checksum (sha256 {actual}, expected {expected}); "
-                       f"the file is damaged. Reinstall the pack or retrain with scripts/toyworld/train.py.")
+                       f"the file is damaged. Reinstall the pack or retrain with `python -m scripts.train_toyworld`.")
     return actual
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import PACK_DIR_NAME, REPO, ComfyServer, reset_dir
-from workflow_format import ui_to_api
+from scripts.comfy_server import PACK_DIR_NAME, REPO, ComfyServer, reset_dir
+from scripts.workflow_format import ui_to_api
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from comfy_server import PACK_DIR_NAME, REPO, ComfyServer, reset_dir
+from scripts.comfy_server import PACK_DIR_NAME, REPO, ComfyServer, reset_dir
 from test_browser import BROWSER_DIR, CHROMIUM, FRONTEND_VERSION, require_browser_tools
 
 pytestmark = pytest.mark.browser

@@ -474,7 +474,7 @@ def check_mask_round_trip(mp, lowvram=False, fp8_rounding=False):
     module = mp.model.get_submodule(key.rsplit(".", 1)[0])
     original = module.weight.detach().clone()
     idx = torch.tensor([0, 3, 17, original.numel() - 1])
-    mask = Mask({key: idx}, {key: shape}, fingerprint_of(mp), {"mode": "erase"})
+    mask = Mask({key: idx}, {key: shape}, fingerprint_of(mp))
     with torch.inference_mode():
         erased = loaded_weight(apply_mask(mp, mask, 1.0), key, lowvram)
         halved = loaded_weight(apply_mask(mp, mask, 0.5), key, lowvram)

@@ -14,10 +14,10 @@ import comfyui_version
 from cad_pack.cad_core import AttributionRequest, select_components
 from cad_pack.nodes.bridge import attribute_model
 
-from family_models import build, conditioning, empty_latent
+from scripts.family_models import build, conditioning, empty_latent
 
 COMFYUI_VERSION = tuple(int(p) for p in comfyui_version.__version__.split(".")[:3])
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data")
 FILES_FROM_0_3_75 = {kind: os.path.join(DATA, f"flux_comfyui_0.3.75_{kind}.safetensors")
                      for kind in ("attribution", "mask")}
 V2_FILES_FROM_0_3_75 = {kind: os.path.join(DATA, f"flux_comfyui_0.3.75_v2_{kind}.safetensors")

@@ -2,31 +2,19 @@
 CLIP Text Encode's encoding, KSampler's sampler, CAD Attribute's attribute_model, the mask nodes'
 select_protected, Apply CAD Mask's apply_mask.
 
-Importing this module loads neither ComfyUI nor the pack: load them first, e.g. with
-toyworld.comfy_env.import_pack() (the toy world's device choice) or pack_bootstrap.import_pack().
 """
-import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+import comfy.sample
 
-from toyworld.scorers import classify_colours, classify_shapes, load_shape_classifier  # noqa: E402
-from toyworld.world import COLOUR_NAMES, SHAPES, batch, caption  # noqa: E402
-
-if "cad_pack" not in sys.modules:
-    raise ImportError("toyworld.evaluate needs ComfyUI and the pack loaded first: call "
-                      "toyworld.comfy_env.import_pack() or pack_bootstrap.import_pack() before importing it")
-import comfy.sample  # noqa: E402
-
-from cad_pack.cad_core import (AttributionRequest, Mask, objective_named, select_protected,  # noqa: E402
-                               sum_attributions)
-from cad_pack.nodes.bridge import apply_mask, attribute_model, original_weight  # noqa: E402
-from cad_pack.nodes.toyworld.model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file  # noqa: E402
+from ...cad_core import AttributionRequest, Mask, objective_named, select_protected, sum_attributions
+from ..bridge import apply_mask, attribute_model, original_weight
+from .model import WEIGHTS_FILE, latent_to_image, load_toyworld, verify_weights_file
+from .scorers import classify_colours, classify_shapes, load_shape_classifier
+from .world import COLOUR_NAMES, SHAPES, batch, caption
 
 SAMPLER, SCHEDULER, SAMPLE_STEPS, CFG = "euler", "normal", 20, 3.0
 
@@ -151,7 +139,7 @@ class Grid:
 
 def concept_latents(shape: str | None, colour: str | None, n: int, seed: int) -> torch.Tensor:
     """Latents of rendered images of the concept (what VAE Encode of real pictures would give); None = any."""
-    from cad_pack.nodes.toyworld.model import image_to_latent
+    from .model import image_to_latent
     rng = np.random.default_rng(seed)
     images, _, _ = batch(rng, n, shapes=(shape,) if shape else SHAPES, colours=(colour,) if colour else COLOUR_NAMES)
     return image_to_latent(torch.from_numpy(images).permute(0, 3, 1, 2))
@@ -176,7 +164,7 @@ def matched_control(model, mask: Mask, kind: str, seed: int = 0) -> Mask:
         else:
             chosen = w.abs().topk(k).indices
         indices[key] = chosen.sort().values
-    return Mask(indices, dict(mask.shapes), mask.fingerprint, {**mask.meta, "mode": kind})
+    return Mask(indices, dict(mask.shapes), mask.fingerprint, mask.info.replace(mode=kind))
 
 
 def edited(model, *masks, strength: float = 1.0):

@@ -1,19 +1,17 @@
 """Exact-enough scorers for toy-world images: a small CNN for the shape, a rule for the colour.
 
-    .venv/bin/python scripts/toyworld/scorers.py   # (re)train the shape CNN and report both accuracies
+    .venv/bin/python -m scripts.train_toyworld --scorer   # (re)train the shape CNN and report both accuracies
 """
 import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from .world import COLOUR_NAMES, COLOURS, SHAPES, batch
 
-from toyworld.world import COLOUR_NAMES, COLOURS, SHAPES, batch  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CLASSIFIER_FILE = os.path.join(HERE, "shape_classifier.safetensors")
 SATURATION_MIN = 0.3  # background is grey (saturation ~0); every toy colour is far above this
@@ -99,7 +97,3 @@ def main():
     model = train_shape_classifier()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, CLASSIFIER_FILE)
     print(clean_accuracy(model))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Train the toy world's text-to-image model on 2 CPU cores, deterministically from a seed.
 
-    .venv/bin/python scripts/toyworld/train.py [--steps N] [--seed S]
+    .venv/bin/python -m scripts.train_toyworld [--steps N] [--seed S]
 
 Writes nodes/toyworld/toyworld_v2.safetensors (EMA weights, fp16) and its .sha256. The model is
 trained through ComfyUI's own BaseModel.apply_model, i.e. exactly the path KSampler samples with.
@@ -9,19 +9,20 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.dirname(HERE))
+import comfy.clip_model
+import comfy.ldm.modules.attention as attention
+import comfy.sd1_clip
 
-from toyworld.comfy_env import import_pack  # noqa: E402  (train() calls it: ComfyUI on sys.path, CPU mode)
-from toyworld.world import COLOUR_NAMES, SHAPES, all_captions, batch, caption  # noqa: E402
+from . import model as toy
+from .world import COLOUR_NAMES, SHAPES, all_captions, batch, caption
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Caption mix: mostly full captions; some partial ones so prompts like "a circle" or "a red" mean
 # something; some empty ones for classifier-free guidance.
@@ -68,12 +69,6 @@ def caption_indices(rng, shape_idx, colour_idx, captions):
 
 
 def train(steps: int, seed: int, batch_size: int, lr: float, out: str, log_every: int = 100) -> dict:
-    pack = import_pack()
-    import comfy.clip_model
-    import comfy.ldm.modules.attention as attention
-    import comfy.sd1_clip
-
-    toy = pack.nodes.toyworld.model
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     # PyTorch's own attention is much faster on CPU than ComfyUI's default CPU path.
@@ -154,7 +149,7 @@ def save(base, text_model, info: dict, out: str) -> None:
     print(json.dumps({**info, "file": os.path.relpath(out, REPO), "bytes": os.path.getsize(out), "sha256": digest}))
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
@@ -163,10 +158,6 @@ def main():
     ap.add_argument("--threads", type=int, default=1,
                     help="1 is fastest when anything else runs on the machine (2 threads oversubscribe)")
     ap.add_argument("--out", default=os.path.join(REPO, "nodes", "toyworld", "toyworld_v2.safetensors"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     train(a.steps, a.seed, a.batch_size, a.lr, a.out)
-
-
-if __name__ == "__main__":
-    main()
