@@ -11,7 +11,7 @@ PY_033 := .venv-comfyui-0.33/bin/python
 
 .PHONY: setup setup-0.33 setup-browser test test-slow test-browser test-0.33 test-slow-0.33 test-browser-0.33 \
 	test-matrix demo bench \
-	bench-gpu bench-gpu-flux gpu-compat efficacy selective-erase erase-vs-peers examples bench-bank
+	bench-gpu bench-gpu-flux gpu-compat gpu-carry efficacy selective-erase erase-vs-peers examples bench-bank
 
 setup:
 	bash scripts/setup_env.sh
@@ -95,6 +95,11 @@ erase-vs-peers: setup
 # under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md
 gpu-compat: setup setup-0.33
 	$(PY) -m benchmarks.gpu_compat
+
+# What a GPU machine lent by the device tool lacks (both ComfyUI trees, cp312 wheels), packed into .gpu-carry/ for
+# one `run` of benchmarks/gpu_session.sh there (see docs/development.md, "On a GPU machine")
+gpu-carry: setup setup-0.33
+	bash scripts/gpu_carry.sh
 
 # Concept bank throughput on the CAD Demo Model with 1 and 2 local servers (~1 min): benchmarks/results/concept_bank_cpu.md
 bench-bank: setup

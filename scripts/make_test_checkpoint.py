@@ -13,6 +13,7 @@ file is written in fp16 with ComfyUI's own checkpoint key layout.
     python -m scripts.make_test_checkpoint [--out PATH] [--seed 0] [--check]
 """
 import argparse
+import inspect
 import math
 import os
 import time
@@ -21,7 +22,7 @@ from scripts.pack_bootstrap import import_comfyui
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bump when the construction below changes, so cached files are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: built right on ComfyUI 0.33 too (v1 files made there had the CLIP weights as UNet)
 DEFAULT_PATH = os.path.join(REPO, ".cache", "test-models", f"sd15_tiny_random_v{GENERATOR_VERSION}.safetensors")
 
 UNET_CONFIG = {
@@ -75,8 +76,11 @@ def build_state_dict(seed=0):
 
     counts = {name: sum(p.numel() for p in m.parameters())
               for name, m in (("unet", model.diffusion_model), ("clip", clip), ("vae", vae))}
-    # ComfyUI's own saving path renames keys (model.diffusion_model., cond_stage_model., first_stage_model.)
-    sd = model.state_dict_for_saving(clip.state_dict(), vae.state_dict(), None)
+    # ComfyUI's own saving path renames keys (model.diffusion_model., cond_stage_model., first_stage_model.). Since
+    # 0.33 it takes the UNet's state dict first (positional arguments would put the CLIP weights in its place).
+    unet = ({"unet_state_dict": model.diffusion_model.state_dict()}
+            if "unet_state_dict" in inspect.signature(model.state_dict_for_saving).parameters else {})
+    sd = model.state_dict_for_saving(clip_state_dict=clip.state_dict(), vae_state_dict=vae.state_dict(), **unet)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
     return sd, counts
 

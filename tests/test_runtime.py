@@ -38,6 +38,19 @@ def test_checkpoint_detected_as_sd15_and_runs(sd15_test_checkpoint):
     assert facts["image_shape"] == (1, 64, 64, 3)
 
 
+def test_the_test_checkpoint_is_built_right_on_this_comfyui():
+    """The checkpoint's keys as ComfyUI's loader expects them, built with this leg's ComfyUI: on 0.33
+    state_dict_for_saving takes the UNet's weights first, and passing the CLIP's there made a file of CLIP weights
+    named as the UNet, which no loader detects (seen on a fresh machine, where the file is built on 0.33)."""
+    from scripts.make_test_checkpoint import build_state_dict
+    sd, counts = build_state_dict(seed=0)
+    unet = [k for k in sd if k.startswith("model.diffusion_model.")]
+    assert "model.diffusion_model.input_blocks.0.0.weight" in sd and "model.diffusion_model.out.2.weight" in sd
+    assert not [k for k in unet if "clip" in k or "transformer.text_model" in k]
+    assert sum(sd[k].numel() for k in unet) == counts["unet"]
+    assert any(k.startswith("cond_stage_model.") for k in sd) and any(k.startswith("first_stage_model.") for k in sd)
+
+
 @pytest.mark.server
 def test_core_workflow_over_server(comfy_server):
     from PIL import Image
