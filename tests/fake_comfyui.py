@@ -1,5 +1,5 @@
 """Fake web servers for the HTTP client's tests (tests/test_comfy_client.py, tests/test_concept_bank.py): a small
-ComfyUI that queues and finishes prompts at once, and servers at a ComfyUI URL that are not ComfyUI (an HTML page,
+ComfyUI that queues and finishes prompts at once, a ComfyUI without the pack, and servers at a ComfyUI URL that are not ComfyUI (an HTML page,
 a JSON list, HTTP 500, a redirect, a truncated body, a body that never ends). Each runs in a thread on a free port."""
 import contextlib
 import http.server
@@ -120,6 +120,13 @@ class EndlessFast(Quiet):
 
 
 # --- a small ComfyUI -----------------------------------------------------------------------------------------
+class ComfyUIWithoutThePack(Quiet):
+    """A web server answering like ComfyUI without the pack: /object_info/<unknown node> is {}."""
+
+    def do_GET(self):
+        self.answer(200, b'{"system": {}, "devices": []}' if self.path == "/system_stats" else b"{}")
+
+
 def fake_comfyui(history_entry, objectives=("concept_gap",), scopes=("ff",)):
     """A handler answering like ComfyUI with the pack: /system_stats, CAD Attribute's /object_info, POST /prompt
     (queued at once), /history/<id> (finished at once: `history_entry()`), an empty /queue and models/cad. The class

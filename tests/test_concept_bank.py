@@ -2,18 +2,16 @@
 itself against real ComfyUI servers on the CAD Demo Model: two servers, resume, a failing concept, a server
 killed mid-run, every server lost, and bad input refused before anything is submitted."""
 import csv
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from conftest import REPO, running_server
-from fake_comfyui import HtmlPage, JsonOfAnotherApi, ServerError, fake_comfyui, serving
+from fake_comfyui import ComfyUIWithoutThePack, HtmlPage, JsonOfAnotherApi, ServerError, fake_comfyui, serving
 
 from scripts import concept_bank as bank
 
@@ -574,28 +572,10 @@ def test_a_checkpoint_bank_attributes_the_checkpoints_model(two_servers, tmp_pat
                                                           "output_blocks.1"]
 
 
-class NoPackHandler(http.server.BaseHTTPRequestHandler):
-    """A web server answering like ComfyUI without the pack: /object_info/<unknown node> is {}."""
-
-    def do_GET(self):
-        body = b'{"system": {}, "devices": []}' if self.path == "/system_stats" else b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def comfyui_without_pack():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoPackHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(ComfyUIWithoutThePack) as url:
+        yield url
 
 
 @pytest.mark.server

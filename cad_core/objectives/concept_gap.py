@@ -85,7 +85,6 @@ def units_of_work(plan: TrajectoryPlan, generates_samples: bool) -> int:
 
 CONCEPT_GAP = Objective(
     name="concept_gap",
-    measures="how far the concept moves the prediction away from base, along the model's own guided trajectory",
     purpose="erasing",
     formula="`J = Σ_t ‖ε(x_t, c) − sg[ε(x_t, c_base)]‖²` along the model's own guided trajectory for the concept",
     effect="Ablating positive components shrinks the gap, so guidance can no longer steer toward the concept; "

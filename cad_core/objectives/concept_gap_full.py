@@ -21,8 +21,6 @@ def measure(parameterization, v: Visit, concept, base, held_base=None):
 
 CONCEPT_GAP_FULL = Objective(
     name="concept_gap_full",
-    measures="the concept gap with both branches differentiated, so alpha predicts what a real ablation does to "
-             "the gap (twice concept_gap's backward passes)",
     purpose="erasing",
     formula="`J = Σ_t ‖ε(x_t, c) − ε(x_t, c_base)‖²` at the same points as concept_gap, without the stop-gradient",
     effect="Its positive components shrink the gap as a real ablation measures it, base branch included.",

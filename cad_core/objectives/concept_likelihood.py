@@ -47,7 +47,6 @@ def units_of_work(plan: TrajectoryPlan, generates_samples: bool) -> int:
 
 CONCEPT_LIKELIHOOD = Objective(
     name="concept_likelihood",
-    measures="how well the model denoises images of the concept (concept_latent, or its own samples)",
     purpose="amplifying",
     formula="`J = −Σ_t ‖ε − ε̂(√ᾱ x₀ + √(1−ᾱ) ε, c, t)‖²` over images of the concept: `concept_latent` "
             "(VAE-encoded) or, without it, the model's own samples for the concept",

@@ -8,9 +8,8 @@ import torch
 @dataclass(frozen=True)
 class Objective:
     name: str
-    # what J measures (in words), what it is for (the node's one-line tooltip names it), J as a formula (markdown)
-    # and what ablating its components does (the README's objectives list shows the last three)
-    measures: str
+    # what it is for (the node's one-line tooltip names it), J as a formula (markdown) and what ablating its
+    # components does (the README's objectives list shows all three; the help page says what J measures in words)
     purpose: str
     formula: str
     effect: str
