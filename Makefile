@@ -59,7 +59,8 @@ demo: setup
 # Every CPU figure the README's performance section quotes (~25 min on 2 cores), into benchmarks/results/:
 # attribution cost on the full-size SD1.5 UNet (attribution_cost_cpu.md), gradient checkpointing at 64 and 512 px
 # (checkpointing_cost_cpu.md), sampling with a mask and the LoRA file size (apply_cost_cpu.md), fewer timesteps on
-# the toy world (steps_study.md), fingerprint cost (fingerprint_cost_cpu.md), full-size family costs (family_cost.md)
+# the toy world (steps_study.md), fingerprint cost (fingerprint_cost_cpu.md), full-size family costs (family_cost.md),
+# the robust erase at full size, estimated from the GPU per-call costs (robust_erase_cost.md)
 bench: setup
 	$(PY) -m benchmarks.attribution_cost
 	$(PY) -m benchmarks.checkpointing_cost
@@ -68,6 +69,7 @@ bench: setup
 	$(PY) -m benchmarks.steps_study
 	$(PY) -m benchmarks.fingerprint_cost
 	$(PY) -m benchmarks.family_cost
+	$(PY) -m benchmarks.robust_erase_cost
 
 # The same at 512/1024 px, fp16, T=50 on a CUDA GPU (~10 min on an H100): benchmarks/results/gpu_check_*.md
 bench-gpu: setup
@@ -86,10 +88,12 @@ efficacy: setup
 selective-erase: setup
 	$(PY) -m benchmarks.selective_erase
 
-# Erase one shape: CAD beside UCE and ESD-x (benchmarks/peers.py), six settings per method tuned on a validation
-# split, reported on a test split (~35 min on 2 cores): benchmarks/results/erase_vs_peers.md
+# Erase one shape and keep it erased under attack: CAD's two modes beside SalUn, UCE, RECE, ESD-u and ESD-x
+# (benchmarks/peers.py), three settings per method tuned on a validation split, reported on a test split with the
+# attacks of benchmarks/attacks.py (~3.5 h on 2 cores; --resume carries on after an interruption):
+# benchmarks/results/erase_vs_peers.md
 erase-vs-peers: setup
-	$(PY) -m benchmarks.erase_vs_peers --threads 2
+	$(PY) -m benchmarks.erase_vs_peers --threads 2 --resume
 
 # On a CUDA GPU: CAD Attribute's alpha = plain autograd, exact masks, untouched originals, on both ComfyUI legs
 # under Dynamic VRAM, --disable-dynamic-vram and --lowvram (partly loaded): benchmarks/results/gpu_compat_<GPU>.md

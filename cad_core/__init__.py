@@ -9,6 +9,8 @@
     union(), protect()   combine masks; drop components another concept needs
     closed_form_edit()   a closed-form weight edit: a concept's inputs answered like a guide's, kept ones as before
     located_keys()       the matrices that hold most of a concept's positive CAD mass (where to edit)
+    EraseSettings        CAD Erase Concept's settings (mode, closed form, robust training), defaults and checks
+    train_robust_erase() fine-tune located weights so a concept stays erased against an attacker in the loop
     block_map()          per-block positive/negative mass and mask share, for the attribution map
     save_*/load_*        safetensors files with JSON metadata and a model fingerprint
     AttributionInfo, MaskInfo, EditInfo   how an attribution, mask or edit was made, typed (the files' JSON)
@@ -21,6 +23,7 @@ from .block_map import block_map
 from .closed_form import closed_form_delta, closed_form_edit, located_keys
 from .blocks import block_of, short_block_name
 from .edit_info import EditInfo
+from .erase_settings import ERASE_MODES, EraseSettings
 from .errors import CADError, CADFileError
 from .families import FAMILIES, GENERIC, ModelFamily, detect_family
 from .fingerprint import ModelFingerprints, model_fingerprint, require_same_model
@@ -29,6 +32,7 @@ from .mask_info import MaskInfo
 from .noise import FlowMatching, VarianceExploding
 from .objectives import OBJECTIVES, Objective, objective_named
 from .request import AttributionRequest
+from .robust_erase import RobustEraseInputs, RobustSchedule, train_robust_erase
 from .scopes import SCOPE_PRESETS, resolve_scope
 from .selection import GRANULARITIES, PROTECT_MODES, contrast, select_components, select_protected
 from .serialization import load_attribution, load_mask, read_kind, save_attribution, save_mask

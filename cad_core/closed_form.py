@@ -7,7 +7,8 @@ the edited W' minimises
     sum_i |W' e_i - W t_i|^2 + preserve * sum_j |W' k_j - W k_j|^2 + ridge * |W' - W|_F^2,
     t_i = g_i + overshoot * (g_i - e_i)
 
-(with overshoot 0 this is UCE's objective, Gandikota et al., WACV 2024). Setting the gradient to zero gives
+(with overshoot 0 this is UCE's objective, Gandikota et al., WACV 2024). The defaults are CAD Erase Concept's
+(cad_core.EraseSettings); a caller after UCE's own objective passes overshoot=0. Setting the gradient to zero gives
 W' A = W (T^T E + preserve K^T K + ridge I) with A = E^T E + preserve K^T K + ridge I, so the change is
 
     dW = W' - W = W (T - E)^T E A^-1,
@@ -26,11 +27,13 @@ from typing import Mapping
 import torch
 
 from .attribution import Attribution
+from .erase_settings import DEFAULT_ERASE
 from .errors import CADError
 
 
 def closed_form_delta(weight: torch.Tensor, erase: torch.Tensor, guide: torch.Tensor, keep: torch.Tensor | None,
-                      preserve: float = 1.0, ridge: float = 0.01, overshoot: float = 0.0) -> torch.Tensor:
+                      preserve: float = DEFAULT_ERASE.preserve, ridge: float = DEFAULT_ERASE.ridge,
+                      overshoot: float = DEFAULT_ERASE.overshoot) -> torch.Tensor:
     """dW for one weight (out x d), in fp32 on the weight's device, from input rows erase (n x d), guide (n x d,
     row i is where row i of erase should go) and keep (m x d, may be None or empty). Solved in fp64."""
     _check_inputs(weight, erase, guide, keep)
@@ -58,8 +61,9 @@ def closed_form_delta(weight: torch.Tensor, erase: torch.Tensor, guide: torch.Te
 
 
 def closed_form_edit(weights: Mapping[str, torch.Tensor], erase: torch.Tensor, guide: torch.Tensor,
-                     keep: torch.Tensor | None, preserve: float = 1.0, ridge: float = 0.01,
-                     overshoot: float = 0.0) -> dict[str, torch.Tensor]:
+                     keep: torch.Tensor | None, preserve: float = DEFAULT_ERASE.preserve,
+                     ridge: float = DEFAULT_ERASE.ridge, overshoot: float = DEFAULT_ERASE.overshoot
+                     ) -> dict[str, torch.Tensor]:
     """closed_form_delta for each weight of `weights` (all fed by the same inputs, e.g. every cross-attention K
     and V of a UNet, which all read the text encoder's rows)."""
     if not weights:
@@ -67,7 +71,7 @@ def closed_form_edit(weights: Mapping[str, torch.Tensor], erase: torch.Tensor, g
     return {key: closed_form_delta(w, erase, guide, keep, preserve, ridge, overshoot) for key, w in weights.items()}
 
 
-def located_keys(attribution: Attribution, keys, mass_share: float = 0.9) -> list[str]:
+def located_keys(attribution: Attribution, keys, mass_share: float = DEFAULT_ERASE.mass_share) -> list[str]:
     """The fewest of `keys` that together hold `mass_share` of the attribution's positive mass over `keys`,
     largest first: where CAD says the concept lives."""
     if isinstance(mass_share, bool) or not isinstance(mass_share, numbers.Real) or not 0.0 < mass_share <= 1.0:

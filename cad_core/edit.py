@@ -58,6 +58,10 @@ class WeightEdit:
         how = (f" (closed form, overshoot {info.overshoot}, preserve {info.preserve})"
                if info.overshoot is not None else "")
         lines = [f"CAD {s['mode']}: {s['weights_changed']:,} weights changed in {s['matrices']} matrices{how}."]
+        if info.erase_mode == "robust" and info.trained_weights is not None:
+            lines.append(f"  robust: {info.trained_weights:,} image-pathway weights in {info.trained_matrices} "
+                         f"matrices trained for {info.train_steps} steps against {info.adversaries} attacking "
+                         f"conditionings.")
         if info.erase:
             lines.append(f"  erased: {', '.join(repr(p) for p in info.erase)}")
         if info.keep:

@@ -21,4 +21,13 @@ class EditInfo(InfoRecord):
     mass_share: float | None = None
     located: tuple[str, ...] | None = None
     objective: str | None = None
+    erase_mode: str | None = None
+    train_steps: int | None = None
+    learning_rate: float | None = None
+    train_share: float | None = None
+    retain: float | None = None
+    adversaries: int | None = None
+    trained_weights: int | None = None
+    trained_matrices: int | None = None
+    seed: int | None = None
     extra: dict = field(default_factory=dict)

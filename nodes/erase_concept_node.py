@@ -1,15 +1,16 @@
-"""CAD Erase Concept: erase typed concepts and keep typed others, on the cross-attention K/V matrices a CAD
-attribution locates, solved in closed form (docs/method.md, section 6)."""
+"""CAD Erase Concept: erase typed concepts and keep typed others. The cross-attention K/V matrices a CAD
+attribution locates are solved in closed form; in robust mode (the default) the image-pathway weights it locates
+are also fine-tuned against an attacker in the loop, so a learned embedding cannot bring the concept back
+(docs/method.md, "Closed-form edit" and "Robust erase"). Every default comes from cad_core.EraseSettings."""
+import comfy.utils
 from comfy_api.latest import io
 
 from ..cad_core import CADError
-from .bridge.edits import KV_REGEX, apply_edit, erase_concept
+from ..cad_core.erase_settings import ERASE_MODES, EraseSettings, erase_default
+from .bridge.edits import apply_edit, erase_concept
 from .cad_types import CadAttribution, CadEdit
 from .ui_text import bounded
 from .validation import check_numbers, require_numbers
-
-# The benchmark's chosen setting for the closed form on CAD-located matrices (benchmarks/results/erase_vs_peers.md)
-DEFAULT_OVERSHOOT, DEFAULT_TEXT_ROWS, DEFAULT_PRESERVE, DEFAULT_MASS_SHARE = 1.0, 77, 1.0, 0.95
 
 
 def _lines(text, name: str) -> list[str]:
@@ -50,15 +51,16 @@ class CADEraseConcept(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="CADEraseConcept", display_name="CAD Erase Concept", category="CAD",
-            description=("Erases the concepts you type and keeps the ones you list: on the cross-attention K/V "
-                         "matrices where the attribution says the concept lives, the weights are solved so that the "
-                         "erased prompts act like their guide and the kept prompts act as before. Returns an edited "
-                         "copy of the model; the input model is untouched."),
+            description=("Erases the concepts you type and keeps the ones you list. Where the attribution says the "
+                         "concept lives, the weights change so that the erased prompts act like their guide and the "
+                         "kept prompts act as before: cross-attention K/V in closed form, and in robust mode also "
+                         "the image-pathway weights, trained so that no embedding brings the concept back. Returns "
+                         "an edited copy of the model; the input model is untouched."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to edit (the one the attribution was made on)."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP: it encodes the prompts below."),
-                CadAttribution.Input("attribution", tooltip=f"CAD Attribute of the concept with scope 'regex', "
-                                     f"scope_regex '{KV_REGEX}'."),
+                CadAttribution.Input("attribution", tooltip="CAD Attribute of the concept, scope 'all_linear' "
+                                     "(robust mode needs more than K/V)."),
                 io.String.Input("erase", multiline=True, default="",
                                 tooltip="Prompts that show the concept, one per line, e.g. 'a cat'."),
                 io.String.Input("keep", multiline=True, default="",
@@ -66,13 +68,18 @@ class CADEraseConcept(io.ComfyNode):
                 io.String.Input("guide", multiline=True, default="", optional=True,
                                 tooltip="What each erased prompt should look like instead: one line each, one for "
                                 "all, or empty for the empty prompt."),
-                io.Float.Input("overshoot", default=DEFAULT_OVERSHOOT, min=0.0, max=4.0, step=0.05, optional=True,
+                io.Combo.Input("mode", options=list(ERASE_MODES), default=erase_default("mode"), optional=True,
+                               tooltip="robust: also train the image pathway against an attacker (seconds to "
+                               "minutes); closed form: K/V only, instant."),
+                io.Int.Input("train_steps", default=erase_default("train_steps"), min=1, max=5000, optional=True,
+                             tooltip="Robust mode: training steps (more holds better and takes longer)."),
+                io.Float.Input("overshoot", default=erase_default("overshoot"), min=0.0, max=4.0, step=0.05, optional=True,
                                tooltip="How far past the guide to aim, away from the concept: 0 maps onto the guide."),
-                io.Float.Input("preserve", default=DEFAULT_PRESERVE, min=0.0, max=100.0, step=0.05, optional=True,
+                io.Float.Input("preserve", default=erase_default("preserve"), min=0.0, max=100.0, step=0.05, optional=True,
                                tooltip="How strongly the kept prompts hold their outputs."),
-                io.Int.Input("text_rows", default=DEFAULT_TEXT_ROWS, min=1, max=4096, optional=True,
+                io.Int.Input("text_rows", default=erase_default("text_rows"), min=1, max=4096, optional=True,
                              tooltip="Token positions of each prompt used (77 = all of a CLIP prompt)."),
-                io.Float.Input("mass_share", default=DEFAULT_MASS_SHARE, min=0.01, max=1.0, step=0.01, optional=True,
+                io.Float.Input("mass_share", default=erase_default("mass_share"), min=0.01, max=1.0, step=0.01, optional=True,
                                tooltip="Edit the fewest K/V matrices holding this share of the concept's positive "
                                "CAD mass."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
@@ -84,16 +91,20 @@ class CADEraseConcept(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, overshoot=None, preserve=None, text_rows=None, mass_share=None, strength=None):
+    def validate_inputs(cls, overshoot=None, preserve=None, text_rows=None, mass_share=None, strength=None,
+                        train_steps=None):
         return check_numbers(cls, overshoot=overshoot, preserve=preserve, text_rows=text_rows, mass_share=mass_share,
-                             strength=strength)
+                             strength=strength, train_steps=train_steps)
 
     @classmethod
-    def execute(cls, model, clip, attribution, erase, keep, guide="", overshoot=DEFAULT_OVERSHOOT,
-                preserve=DEFAULT_PRESERVE, text_rows=DEFAULT_TEXT_ROWS, mass_share=DEFAULT_MASS_SHARE,
-                strength=1.0) -> io.NodeOutput:
+    def execute(cls, model, clip, attribution, erase, keep, guide="", mode=erase_default("mode"),
+                train_steps=erase_default("train_steps"), overshoot=erase_default("overshoot"),
+                preserve=erase_default("preserve"), text_rows=erase_default("text_rows"),
+                mass_share=erase_default("mass_share"), strength=1.0) -> io.NodeOutput:
         require_numbers(cls, overshoot=overshoot, preserve=preserve, text_rows=text_rows, mass_share=mass_share,
-                        strength=strength)
+                        strength=strength, train_steps=train_steps)
+        settings = EraseSettings(mode=mode, train_steps=train_steps, overshoot=overshoot, preserve=preserve,
+                                 text_rows=text_rows, mass_share=mass_share)
         erased, kept = prompt_lines(erase, "erase"), prompt_lines(keep, "keep")
         if not erased:
             raise CADError("erase is empty: type the prompts that show the concept to erase, one per line (e.g. "
@@ -101,8 +112,9 @@ class CADEraseConcept(io.ComfyNode):
         if not kept:
             raise CADError("keep is empty: type at least one prompt to keep as it is (e.g. 'a dog'), one per line. "
                            "Without one, nothing holds the rest of the model in place.")
-        edit = erase_concept(model, clip, attribution, erased, paired_guides(erased, guide or ""), kept,
-                             overshoot=overshoot, preserve=preserve, rows=text_rows, mass_share=mass_share)
+        progress = comfy.utils.ProgressBar(1)
+        edit = erase_concept(model, clip, attribution, erased, paired_guides(erased, guide or ""), kept, settings,
+                             on_progress=lambda done, total: progress.update_absolute(done, total))
         text = edit.summary_text()
         return io.NodeOutput(apply_edit(model, edit, strength), edit,
                              ui=bounded({"cad_edit": [edit.summary()], "text": [text]}))

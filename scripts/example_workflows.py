@@ -190,6 +190,13 @@ def amplify_a_concept():
     return Example("cad_2_amplify_a_concept", g.graph, note, rows)
 
 
+def erase_concept_widgets() -> dict:
+    """CAD Erase Concept's widgets as a workflow sets them: the node's own defaults (cad_core.EraseSettings)."""
+    from cad_core.erase_settings import erase_default   # the engine alone: pure torch, no ComfyUI needed
+    return {name: erase_default(name) for name in ("mode", "train_steps", "overshoot", "preserve", "text_rows",
+                                                   "mass_share")} | {"strength": 1.0}
+
+
 def typed_prompts(target):
     """CAD Erase Concept's typed prompts for erasing a shape of the toy world: 'a <colour> <shape>' guided to
     'a <colour>' and 'a <shape>' to the empty prompt (the guide's blank last line), every other shape kept."""
@@ -209,21 +216,22 @@ def erase_while_protecting():
                    batch_size=IMAGES)
     concept = _concept(g, 4, clip, f"a {SELECTIVE_TARGET}")
     attribution = _attribute(g, 5, model, concept, empty, latent, f"CAD Attribute: where 'a {SELECTIVE_TARGET}' "
-                             f"lives (cross-attention K/V)", samples=1, scope="regex", scope_regex=KV_REGEX)
+                             f"lives (every linear layer)", samples=1, scope="all_linear")
     erased = g.add(6, "CADEraseConcept", f"CAD Erase Concept: {SELECTIVE_TARGET}", model=model, clip=clip,
-                   attribution=attribution, **typed_prompts(SELECTIVE_TARGET), overshoot=1.0, preserve=1.0, text_rows=77, mass_share=0.95, strength=1.0)
+                   attribution=attribution, **typed_prompts(SELECTIVE_TARGET), **erase_concept_widgets())
     rows = []
     for nid, cond, text, role in ((7, concept, f"a {SELECTIVE_TARGET}", "erased"), (10, None, "a circle", "kept")):
         cond = cond or g.add(nid + 3, "CLIPTextEncode", f"prompt: {text}", text=text, clip=clip)
         title = f"{role}: {text}"
         rows.append((title, _sample_and_show(g, nid, erased, cond, empty, latent, vae, title, seed=100)))
     note = (f"# Erase one shape, keep the others\nType the prompts to erase and the ones to keep into CAD Erase "
-            f"Concept. CAD Attribute scores the cross-attention K/V weights (the ones that read the prompt) for 'a "
-            f"{SELECTIVE_TARGET}' against the empty prompt; CAD Erase Concept edits the matrices that hold 95% of "
-            f"that score, solving their weights so that each 'a <colour> {SELECTIVE_TARGET}' acts like 'a <colour>' "
-            f"(pushed past it, away from the {SELECTIVE_TARGET}) while every kept prompt acts as before. The "
-            f"{SELECTIVE_TARGET} goes, the circle stays (benchmarks/results/erase_vs_peers.md compares this with "
-            f"UCE, ESD-x and zeroing).")
+            f"Concept. CAD Attribute scores every linear layer for 'a {SELECTIVE_TARGET}' against the empty prompt. "
+            f"CAD Erase Concept solves the cross-attention K/V matrices that hold 95% of that score so that each "
+            f"'a <colour> {SELECTIVE_TARGET}' acts like 'a <colour>' while every kept prompt acts as before, and "
+            f"(mode robust) fine-tunes the image-pathway weights CAD locates against an attacker that keeps looking "
+            f"for an embedding that brings the {SELECTIVE_TARGET} back. The {SELECTIVE_TARGET} goes, the circle "
+            f"stays (benchmarks/results/erase_vs_peers.md compares this with UCE, RECE, ESD and SalUn, under "
+            f"attack).")
     return Example("cad_3_erase_while_protecting", g.graph, note, rows)
 
 
@@ -296,11 +304,10 @@ def demo_graph(target=TARGET, prompts=DEMO_PROMPTS, erase_ratio=ERASE_RATIO, amp
                      samples=IMAGES, concept_latent=pictures)
     _, amplified = _mask_and_apply(g, 22, "CADAmplifyMask", erased, lik, amplify_ratio, "CAD Amplify Mask",
                                    "Apply CAD Mask (amplify)")
-    located = _attribute(g, 30, model, concept, empty, one, f"CAD Attribute (K/V): where 'a {target}' lives",
-                         samples=1, scope="regex", scope_regex=KV_REGEX)
+    located = _attribute(g, 30, model, concept, empty, one, f"CAD Attribute (all linear): where 'a {target}' lives",
+                         samples=1, scope="all_linear")
     concept_erased = g.add(31, "CADEraseConcept", f"CAD Erase Concept: {target}", model=model, clip=clip,
-                           attribution=located, **typed_prompts(target),
-                           overshoot=1.0, preserve=1.0, text_rows=77, mass_share=0.95, strength=1.0)
+                           attribution=located, **typed_prompts(target), **erase_concept_widgets())
     models = dict(zip(DEMO_BRANCHES, (model, concept_erased, erased, amplified)))
     rows = _compare(g, 100, [(branch, models[branch]) for branch in DEMO_BRANCHES], prompts, clip, empty, many, vae,
                     stride=13, prompt_title="{}", save_folder="cad_demo")

@@ -17,10 +17,11 @@ MARKERS = {"families": ("<!-- families table: scripts/readme_tables.py -->", "<!
            "peers": ("<!-- peers table: scripts/readme_tables.py -->", "<!-- end of peers table -->")}
 PEERS_RESULT = os.path.join(REPO, "benchmarks", "results", "erase_vs_peers.json")
 # What each method is, in the README's words
-PEER_NAMES = {"cad-located": "**CAD Erase Concept** (closed form on the K/V matrices CAD locates)",
-              "uce": "UCE (closed form on every K/V matrix)", "uce-overshoot": "UCE with the overshoot",
-              "esd-x": "ESD-x (fine-tuned cross-attention)",
-              "cad-zero-kv": "CAD Erase Mask, K/V, others protected (zeroing)"}
+PEER_NAMES = {"cad-robust": "**CAD Erase Concept, robust** (the default)",
+              "cad-closed-form": "CAD Erase Concept, closed form (K/V only)",
+              "salun": "SalUn (saliency-masked fine-tuning)", "uce": "UCE (closed form on every K/V matrix)",
+              "rece": "RECE (UCE + its adversarial embeddings)", "esd-u": "ESD-u (fine-tuned non-cross-attention)",
+              "esd-x": "ESD-x (fine-tuned cross-attention)"}
 
 
 def _core():
@@ -53,26 +54,49 @@ def objectives_list() -> str:
 
 
 def peers_table() -> str:
-    """Each method's chosen setting on the test split: target after / other shapes kept (lowest) / spared pictures
-    moved, per shape, and how many shapes meet the bar."""
+    """Each method's chosen setting on the test split, per shape: target after / other shapes kept (lowest) / ASR of
+    the strong embedding attack; then the mean ASR of each attack, the shapes meeting the selective bar and the mean
+    H; a first line with the unedited model attacked from a neutral start (the attacks' strength check)."""
     import json
     with open(PEERS_RESULT) as f:
         data = json.load(f)
-    rows = [r for r in data["rows"] if r["split"] == "test" and r["chosen"]]
-    shapes = list(dict.fromkeys(r["target"] for r in rows))
-    bar = {r["method"]: 0 for r in rows}
-    for r in rows:
-        bar[r["method"]] += bool(r["target_acc"] <= 0.10 and r["others_min_keep"] >= 0.90 and r["colour_min"] >= 0.90)
-    lines = ["| method (setting chosen on validation) | " + " | ".join(shapes) + " | shapes erased with the rest kept |",
-             "|---|" + "---|" * (len(shapes) + 1)]
+    a = data["settings"]
+    rows = [r for r in data["rows"] if r["split"] == "test"]
+    shapes = list(a["targets"])
+    strong, stated = a["strong_steps"], a["stated_steps"]
+    lines = ["| method (setting chosen on validation) | " + " | ".join(shapes) + f" | mean ASR emb {stated} / "
+             f"{strong} | mean ASR cond {stated} / {strong} | mean ASR RECE | shapes erased with the rest kept | "
+             "mean H |", "|---|" + "---|" * (len(shapes) + 5)]
+    ceiling = {(r["target"], r["attack"]): r for r in data["rows"] if r["split"] == "ceiling"}
+    if ceiling:
+        def neutral(kind):
+            found = [ceiling[(s, kind)] for s in shapes if (s, kind) in ceiling]
+            return "" if not found else (f"{_mean(r['asr_stated'] for r in found):.2f} / "
+                                         f"{_mean(r['asr_strong'] for r in found):.2f}")
+        lines.append("| unedited model, attacked from a neutral start (how strong the attacks are) | " +
+                     " | ".join(f"- / - / {ceiling[(s, 'embedding')]['asr_strong']:.2f}" if (s, "embedding") in ceiling
+                                else "" for s in shapes) +
+                     f" | {neutral('embedding')} | {neutral('conditioning')} | | | |")
     for method in PEER_NAMES:
         mine = {r["target"]: r for r in rows if r["method"] == method}
-        if not mine:
+        if set(mine) != set(shapes):
             continue
-        cells = [f"{mine[s]['target_acc']:.2f} / {mine[s]['others_min_keep']:.2f} / {mine[s]['spared_distance']:.3f}"
-                 for s in shapes]
-        lines.append(f"| {PEER_NAMES[method]} | " + " | ".join(cells) + f" | {bar[method]} of {len(shapes)} |")
+        rs = [mine[s] for s in shapes]
+        bar = sum(bool(r["target_acc"] <= 0.10 and r["others_min_keep"] >= 0.90 and r["colour_min"] >= 0.90
+                       and r["distance_vs_random"] <= 2.0) for r in rs)
+        cells = [f"{r['target_acc']:.2f} / {r['others_min_keep']:.2f} / {r['asr_embedding_strong']:.2f}" for r in rs]
+        lines.append(f"| {PEER_NAMES[method]} | " + " | ".join(cells) +
+                     f" | {_mean(r['asr_embedding_stated'] for r in rs):.2f} / "
+                     f"{_mean(r['asr_embedding_strong'] for r in rs):.2f} | "
+                     f"{_mean(r['asr_conditioning_stated'] for r in rs):.2f} / "
+                     f"{_mean(r['asr_conditioning_strong'] for r in rs):.2f} | {_mean(r['asr_rece'] for r in rs):.2f} | "
+                     f"{bar} of {len(shapes)} | {_mean(r['hmean'] for r in rs):.2f} |")
     return "\n".join(lines)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def rendered() -> dict:

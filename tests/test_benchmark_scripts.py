@@ -93,28 +93,38 @@ def test_selective_erase_script_writes_its_table_from_the_run_settings(tmp_path)
     assert done.returncode == 2 and "overlaps the attribution seeds" in done.stderr
 
 
-def test_erase_vs_peers_tunes_on_validation_and_reports_the_chosen_setting_on_test(tmp_path):
-    run_script(tmp_path, "-m", "benchmarks.erase_vs_peers", "--quick", "--methods", "uce", "cad-located",
-               "--validation-eval-seed", "21000", "--test-eval-seed", "71000")
+def test_erase_vs_peers_tunes_on_validation_attacks_on_test_and_resumes(tmp_path):
+    args = ["-m", "benchmarks.erase_vs_peers", "--quick", "--methods", "cad-robust", "uce",
+            "--validation-eval-seed", "21000", "--test-eval-seed", "71000"]
+    run_script(tmp_path, *args)
     report = (tmp_path / "erase_vs_peers.md").read_text()
     # the header comes from the run's settings: both splits' seeds, as given on the command line
-    assert "pictures use seeds 21000 + 1000 x colour index (21000, 22000, 23000, 24000)" in report
-    assert "pictures use seeds 71000 + 1000 x colour index (71000, 72000, 73000, 74000)" in report
+    assert "pictures use seeds 21000, 22000, 23000, 24000" in report
+    assert "pictures use seeds 71000, 72000, 73000, 74000" in report and "Status: complete" in report
     data = json.loads((tmp_path / "erase_vs_peers.json").read_text())
     rows = data["rows"]
-    fields = {"method", "target", "split", "target_acc", "others_min_keep", "others_mean", "colour_min",
-              "spared_distance", "distance_vs_random", "weights_changed", "seconds", "settings", "chosen"}
-    assert all(fields <= set(r) for r in rows)
-    for method in ("uce", "cad-located"):
+    ceiling = [r for r in rows if r["split"] == "ceiling"]
+    assert {r["attack"] for r in ceiling} == {"conditioning", "embedding"}
+    assert all(0 <= r["asr_stated"] <= 1 and 0 <= r["asr_strong"] <= 1 for r in ceiling)
+    for method in ("cad-robust", "uce"):
         val = [r for r in rows if r["method"] == method and r["split"] == "validation"]
         test = [r for r in rows if r["method"] == method and r["split"] == "test"]
-        assert len(val) == 2 and not any(r["chosen"] for r in val)        # --quick: two settings, one shape
-        assert len(test) == 1 and test[0]["chosen"] and test[0]["settings"] == data["chosen"][method]
-        assert test[0]["settings"] in [r["settings"] for r in val]      # chosen among what validation tried
-        assert test[0]["distance_vs_random"] > 0 and 0 <= test[0]["spared_distance"] < 1
-    located = [r for r in rows if r["method"] == "cad-located"]
-    assert all(0 < r["weights_changed"] < 14 * 64 * 32 for r in located)   # fewer matrices than all 14 K/V
-    assert {r["method"] for r in rows if r["method"].startswith("control")} == {"control-random"}
+        assert len(val) == 1 and len(test) == 1                      # --quick: one setting, one shape
+        assert test[0]["settings"] == data["chosen"][method] == val[0]["settings"]
+        assert 0 <= val[0]["asr_validation"] <= 1 and 0 <= val[0]["hmean_robust"] <= 1
+        for kind in ("embedding", "conditioning"):
+            assert 0 <= test[0][f"asr_{kind}_stated"] <= 1 and 0 <= test[0][f"asr_{kind}_strong"] <= 1
+        assert 0 <= test[0]["asr_rece"] <= 1 and test[0]["distance_vs_random"] > 0
+    robust = next(r for r in rows if r["method"] == "cad-robust" and r["split"] == "test")
+    assert robust["weights_changed"] > 14 * 64 * 32      # more than every K/V entry: the image pathway too
+    # --resume keeps every finished row and redoes none: the second run adds nothing
+    before = (tmp_path / "erase_vs_peers.json").read_text()
+    done = run_script(tmp_path, *args, "--resume")
+    assert f"--resume: {len(rows)} rows kept" in done.stdout
+    assert json.loads((tmp_path / "erase_vs_peers.json").read_text())["rows"] == json.loads(before)["rows"]
     done = subprocess.run([sys.executable, "-m", "benchmarks.erase_vs_peers", "--test-eval-seed", "20000"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "COMFYUI_PATH": COMFYUI_PATH})
     assert done.returncode == 2 and "seeds overlap" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "benchmarks.erase_vs_peers", "--stated-steps", "0"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "COMFYUI_PATH": COMFYUI_PATH})
+    assert done.returncode == 2 and "at least 1 step" in done.stderr

@@ -38,7 +38,7 @@ def test_concept_rows_go_to_the_guide_and_kept_rows_stay_when_they_do_not_overla
     e[0, 0], e[1, 1] = 1.0, 1.0
     g = torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0, 0.0]])
     k = torch.cat([torch.zeros(3, 2), torch.eye(3)], dim=1)
-    edited = w + closed_form_delta(w, e, g, k, preserve=1.0, ridge=1e-9)
+    edited = w + closed_form_delta(w, e, g, k, preserve=1.0, ridge=1e-9, overshoot=0.0)
     torch.testing.assert_close(edited @ e.T, w @ g.T, atol=1e-5, rtol=0)
     torch.testing.assert_close(edited @ k.T, w @ k.T, atol=1e-5, rtol=0)
 

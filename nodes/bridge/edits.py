@@ -7,6 +7,7 @@ from ...cad_core import CADError
 from ...cad_core.closed_form import closed_form_edit, located_keys
 from ...cad_core.edit import WeightEdit
 from ...cad_core.edit_info import EditInfo
+from ...cad_core.erase_settings import DEFAULT_ERASE, EraseSettings
 from .model_info import check_fingerprint, fingerprint_of, original_weight, patchable_weights
 
 KV_SUFFIXES = (".attn2.to_k.weight", ".attn2.to_v.weight")
@@ -38,23 +39,42 @@ def text_kv_keys(model, width: int) -> list[str]:
     return fitting
 
 
-def erase_concept(model, clip, attribution, erase, guide, keep, *, overshoot: float, preserve: float,
-                  rows: int, mass_share: float, ridge: float = 0.01) -> WeightEdit:
-    """The closed-form edit that answers each `erase` prompt like its `guide` prompt, and every `keep` prompt as
-    before, on the K/V matrices holding `mass_share` of the attribution's positive mass."""
+def erase_concept(model, clip, attribution, erase, guide, keep, settings: EraseSettings = DEFAULT_ERASE,
+                  on_progress=None) -> WeightEdit:
+    """CAD Erase Concept's edit: each `erase` prompt answered like its `guide` prompt, every `keep` prompt as
+    before. Closed form on the K/V matrices holding `settings.mass_share` of the attribution's positive mass; in
+    robust mode also the image-pathway weights it locates, fine-tuned against an attacker (bridge.robust_erase).
+    on_progress(done, total) reports the robust mode's pictures and training steps."""
     check_fingerprint(model, attribution.fingerprint, "attribution")
-    erase_rows, guide_rows, keep_rows = (text_rows(clip, prompts, rows) for prompts in (erase, guide, keep))
+    if not isinstance(settings, EraseSettings):
+        raise TypeError(f"settings must be an EraseSettings, got {type(settings).__name__}.")
+    erase_rows, guide_rows, keep_rows = (text_rows(clip, prompts, settings.text_rows)
+                                         for prompts in (erase, guide, keep))
     keys = text_kv_keys(model, erase_rows.shape[1])
-    if not set(keys) & set(attribution.scores):
+    scored_kv = [k for k in keys if k in attribution.scores]
+    if not scored_kv and not settings.robust:
         raise CADError(f"The attribution scores none of the cross-attention K/V weights, so it cannot say which of "
                        f"them carry the concept. Attribute the concept with scope 'regex' and scope_regex "
-                       f"'{KV_REGEX}' (or a scope that includes them).")
-    chosen = located_keys(attribution, [k for k in keys if k in attribution.scores], mass_share)
-    weights = {k: original_weight(model, k).detach().to("cpu", torch.float32) for k in chosen}
-    deltas = closed_form_edit(weights, erase_rows, guide_rows, keep_rows, preserve, ridge, overshoot)
-    info = EditInfo(mode="erase concept", erase=tuple(erase), guide=tuple(guide), keep=tuple(keep),
-                    overshoot=overshoot, preserve=preserve, ridge=ridge, text_rows=rows, mass_share=mass_share,
-                    located=tuple(chosen), objective=attribution.info.objective)
+                       f"'{KV_REGEX}' (or 'all_linear', which includes them).")
+    deltas, chosen, trained = {}, [], {}
+    if scored_kv:
+        chosen = located_keys(attribution, scored_kv, settings.mass_share)
+        weights = {k: original_weight(model, k).detach().to("cpu", torch.float32) for k in chosen}
+        deltas = closed_form_edit(weights, erase_rows, guide_rows, keep_rows, settings.preserve, settings.ridge,
+                                  settings.overshoot)
+    if settings.robust:
+        from .robust_erase import robust_deltas
+        more, trained = robust_deltas(model, clip, attribution, erase, guide, keep, set(keys), settings,
+                                      on_progress)
+        deltas.update(more)
+    robust = {"train_steps": settings.train_steps, "learning_rate": settings.learning_rate,
+              "train_share": settings.train_share, "retain": settings.retain, "adversaries": settings.adversaries,
+              "seed": settings.seed,
+              **trained} if settings.robust else {}
+    info = EditInfo(mode="erase concept", erase_mode=settings.mode, erase=tuple(erase), guide=tuple(guide),
+                    keep=tuple(keep), overshoot=settings.overshoot, preserve=settings.preserve, ridge=settings.ridge,
+                    text_rows=settings.text_rows, mass_share=settings.mass_share, located=tuple(chosen),
+                    objective=attribution.info.objective, **robust)
     return WeightEdit(deltas, fingerprint_of(model), info)
 
 
