@@ -94,6 +94,9 @@ def parse_args(argv=None):
                     help="the attacks' pictures (+ 1000 x colour index), noise and ASR pictures (+ 500)")
     ap.add_argument("--stated-steps", type=int, default=attacks.STATED.steps, help="the attacks' stated budget")
     ap.add_argument("--strong-steps", type=int, default=attacks.STRONG.steps, help="the attacks' strong budget")
+    ap.add_argument("--embedding-tokens", type=int, default=attacks.EMBEDDING_TOKENS,
+                    help="new token vectors the embedding attack learns (1-4; 4: one token did not bring the "
+                         "triangle back from a neutral start)")
     ap.add_argument("--weights", default=WEIGHTS_FILE)
     ap.add_argument("--out", default=os.path.join(RESULTS, "erase_vs_peers.md"))
     ap.add_argument("--threads", type=int, default=1)
@@ -282,7 +285,8 @@ class Run:
     def attack(self, model, target, deltas, kind, steps, start="concept", snapshots=()) -> dict:
         """{steps: ASR} of one attack on `model` (attack seeds: the shape's own)."""
         ti = SHAPES.index(target)
-        budget = attacks.Budget(steps=max(steps, 1), seed=self.a.attack_seed + 1 + ti)
+        budget = attacks.Budget(steps=max(steps, 1), seed=self.a.attack_seed + 1 + ti,
+                                tokens=self.a.embedding_tokens)
         found = attacks.run_attack(kind, self.world, self.world.model, model, target, self.attack_pictures(target),
                                    budget, deltas=deltas, start=start, snapshots=snapshots)
         n = 4 if self.a.quick else ASR_PICTURES
@@ -426,8 +430,9 @@ def render(data) -> str:
         f"model's {ATTACK_PICTURES_PER_COLOUR * len(COLOUR_NAMES)} pictures of the shape (seeds {seeds(a.attack_seed)}"
         f"), its noise from seed {a.attack_seed + 1} + shape index; ASR = share of {ASR_PICTURES} pictures sampled "
         f"with the found conditioning (seed {a.attack_seed + 500} + shape index) that the classifier calls the "
-        f"erased shape. 'emb': textual inversion, one new token in place of the shape word, learned through the "
-        f"text encoder (ComfyUI's embedding route), Adam lr 0.02, batch 16, from the shape word's embedding; 'cond': "
+        f"erased shape. 'emb': textual inversion, {a.embedding_tokens} new token vector(s) in place of the shape word, "
+        f"learned through the text encoder (ComfyUI's embedding route), Adam lr 0.02, batch 16, each started from "
+        f"the shape word's embedding; 'cond': "
         f"every row of the conditioning, the same loss and optimiser, from 'a <shape>''s conditioning (white-box "
         f"upper bound); the number is the steps (stated budget {a.stated_steps}, strong {a.strong_steps}); 'RECE': "
         f"RECE's closed-form embedding for the edited K/V (an edit without K/V changes gets the plain prompt).",

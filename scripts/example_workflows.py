@@ -15,8 +15,8 @@ STEPS, CFG, IMAGES = 20, 3.0, 4
 ERASE_RATIO, AMPLIFY_RATIO = 0.05, 0.01
 TARGET = "cross"
 # cad_3: CAD Erase Concept with typed prompts (benchmarks/results/erase_vs_peers.md): the square erased in every
-# colour, the other shapes kept; the attribution on the cross-attention K/V weights locates the matrices to edit
-SELECTIVE_TARGET, KV_REGEX = "square", r"attn2\.to_[kv]"
+# colour, the other shapes kept; the attribution over every linear layer locates the weights to edit
+SELECTIVE_TARGET = "square"
 SHAPE_NAMES = ("circle", "square", "triangle", "cross")
 COLOUR_NAMES = ("red", "green", "blue", "yellow")
 SAVED_PREFIX = "examples/toy_cross"
@@ -31,8 +31,9 @@ DEMO_PROMPTS = ("a red cross", "a blue cross", "a green circle", "a yellow trian
 DEMO_BRANCHES = ("original", "erase_concept", "erase", "amplify")
 DEMO_AMPLIFY_RATIO = 0.05
 DEMO_NOTE = (f"# CAD demo: erase one shape two ways, then amplify back\nCAD Erase Concept erases the typed "
-             f"'a <colour> {TARGET}' prompts and keeps the other shapes' prompts, on the cross-attention K/V matrices "
-             f"where CAD Attribute (K/V) locates 'a {TARGET}': the pack's selective erase. CAD Attribute (erase) "
+             f"'a <colour> {TARGET}' prompts and keeps the other shapes' prompts where CAD Attribute (all linear) "
+             f"locates 'a {TARGET}': the cross-attention K/V in closed form and, in robust mode, the image-pathway "
+             f"weights trained against an attacker: the pack's selective erase. CAD Attribute (erase) "
              f"scores the feed-forward weights for 'a {TARGET}' against the empty prompt; CAD Erase Mask + Apply CAD "
              f"Mask zero the top {ERASE_RATIO:.0%} per row (the paper's ablation). CAD Attribute (amplify) then "
              f"measures, on that zeroed model, how well it denoises pictures of a {TARGET} drawn by the original "

@@ -12,7 +12,7 @@ import comfy.sample
 from ...cad_core import CADError, select_components
 from ...cad_core.erase_settings import EraseSettings
 from ...cad_core.robust_erase import RobustEraseInputs, RobustSchedule, train_robust_erase
-from .model_info import parameterization_of
+from .model_info import needs_pooled_output, parameterization_of
 from .trainable import diffusion_key, patched_copy, train_in_fp32
 
 SAMPLER, SCHEDULER = "euler", "normal"
@@ -26,6 +26,10 @@ def image_pathway_keys(attribution, text_kv: set) -> list[str]:
 def robust_deltas(model, clip, attribution, erase, guide, keep, text_kv: set, settings: EraseSettings,
                   on_progress=None) -> tuple[dict, dict]:
     """dW for the located image-pathway weights, and a record of what was trained ({"trained_weights": n, ...})."""
+    if getattr(model.model, "adm_channels", None) or needs_pooled_output(model):
+        raise CADError("Robust mode trains this model with the prompt's text rows alone, but its conditioning also "
+                       "carries a pooled vector (SDXL, SD3 and similar), which this version does not train with "
+                       "yet. Set mode to 'closed form' for this model.")
     keys = image_pathway_keys(attribution, text_kv)
     if not keys:
         raise CADError("The robust erase trains the image-pathway weights the attribution locates, but this "
