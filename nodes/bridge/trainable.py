@@ -23,7 +23,9 @@ def patched_copy(model):
     comfy.model_management.load_models_gpu([model])
     try:
         with torch.inference_mode(False):
-            base = copy.deepcopy(model.model)
+            # the model's config is shared, not copied: it is only read, and ComfyUI 0.33's refuses to be copied
+            shared = {id(v): v for v in (getattr(model.model, "model_config", None),) if v is not None}
+            base = copy.deepcopy(model.model, memo=shared)
             for module in base.modules():   # wrappers belong to the patcher's clones, not to this copy
                 for attr in ("weight_function", "bias_function"):
                     if getattr(module, attr, None):
