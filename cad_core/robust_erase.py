@@ -162,7 +162,7 @@ def _points(predict, add_noise, inputs, schedule, g, concept: bool) -> dict:
         else:   # the kept prompt's own prediction, and the empty prompt's (the unconditional branch of CFG)
             empty = inputs.empty_context.expand(len(chunk), -1, -1)
             targets.append(torch.stack([predict(x, s, inputs.keep_context[p]), predict(x, s, empty)], 1))
-    return {"x_t": x_t, "sigma": sigma, "prompt": prompt, "target": torch.cat(targets), "x0": pictures[pick]}
+    return {"x_t": x_t, "sigma": sigma, "prompt": prompt, "target": torch.cat(targets)}
 
 
 def _batch(pool, size, g):
